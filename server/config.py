@@ -1,0 +1,201 @@
+"""Settings: one frozen object, read once from config.toml, then the environment, then command-line flags.
+
+Nothing else in mixauth reads ``os.environ`` or the config file. Every option is declared once in
+``OPTIONS`` (file key, environment variable, parser, default, meaning); ``config.toml`` documents the same
+list, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIN_SECRET_BYTES = 32
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or malformed; the message is one line naming the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 2200
+    data_dir: Path = Path("data")
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_token_exp: int = 30 * 86400
+    bcrypt_rounds: int = 12
+    api_user_create_scope: tuple[str, ...] = ()
+    user_signup_rate_limit_email: int = 10
+    user_signup_rate_limit_email_window_ms: int = 3_600_000
+    user_signup_rate_limit_ip: int = 50
+    user_signup_rate_limit_ip_window_ms: int = 3_600_000
+    password_min_length: int = 6
+    default_plan: str = "free"
+    log_level: str = "info"
+    # Where each value came from ("default", "file", "env", "flag"), for operators' diagnostics.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+Parser = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    key: str
+    parse: Parser
+    help: str
+
+    @property
+    def env(self) -> str:
+        return self.key.upper()
+
+
+def _int_between(low: int, high: int) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, str):
+            value = value.strip()
+            if not re.fullmatch(r"[+-]?\d+", value):
+                raise ValueError(f"expected a whole number, got {value!r}")
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _path(value: Any) -> Path:
+    return Path(_text(value))
+
+
+def _secret(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from ``3600``, ``"3600"``, ``"90m"``, ``"12h"``, ``"30d"`` or ``"2w"`` (a bare number is seconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 30d, got {value!r}")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 30d, 12h or 3600, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def parse_scopes(value: Any) -> tuple[str, ...]:
+    """A comma-separated string (or, in the file, a list) of scope names; empty means none."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ValueError(f"expected a comma-separated list of scopes, got {value!r}")
+    scopes = tuple(dict.fromkeys(item for item in items if item))
+    for scope in scopes:
+        if not SCOPE_PATTERN.match(scope):
+            raise ValueError(f"{scope!r} is not a valid scope name (letters, digits and _ . : - only)")
+    return scopes
+
+
+def _log_level(value: Any) -> str:
+    level = _text(value).lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+_LIMIT = _int_between(1, 1_000_000_000)
+_WINDOW_MS = _int_between(1, 366 * 86_400_000)
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", _text, "Address to listen on."),
+    Option("port", _int_between(0, 65535), "TCP port to listen on."),
+    Option("data_dir", _path, "Directory for the SQLite database and the generated JWT secret."),
+    Option("jwt_secret", _secret, "HS256 signing secret, at least 32 bytes; generated and kept in data_dir if unset."),
+    Option("jwt_token_exp", parse_duration, "Token lifetime: seconds, or a number with s, m, h, d or w."),
+    Option("bcrypt_rounds", _int_between(4, 31), "bcrypt cost factor for new password hashes."),
+    Option("api_user_create_scope", parse_scopes, "Scopes allowed to call POST /user; empty leaves it open."),
+    Option("user_signup_rate_limit_email", _LIMIT, "Signup attempts allowed per email address per window."),
+    Option("user_signup_rate_limit_email_window_ms", _WINDOW_MS, "Email signup window in milliseconds."),
+    Option("user_signup_rate_limit_ip", _LIMIT, "Signup attempts allowed per client IP per window."),
+    Option("user_signup_rate_limit_ip_window_ms", _WINDOW_MS, "IP signup window in milliseconds."),
+    Option("password_min_length", _int_between(6, 72), "Minimum password length in characters (6 to 72)."),
+    Option("default_plan", _text, "Plan given to new users."),
+    Option("log_level", _log_level, "Lowest level logged: debug, info, warning or error."),
+)
+OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+
+
+def load_settings(
+    config_path: Path | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then ``config_path`` (or ``./config.toml`` when present), then env, then flags.
+
+    ``config_path`` names a file that must exist; when it is None, ``config.toml`` in the working directory is
+    read if it is there. Raise ConfigError with one line on anything unknown or malformed.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def apply(key: str, raw: Any, origin: str, label: str) -> None:
+        try:
+            values[key] = OPTIONS_BY_KEY[key].parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        sources[key] = origin
+
+    path = config_path if config_path is not None else Path("config.toml")
+    if config_path is not None or path.is_file():
+        for key, raw in _read_file(path).items():
+            if key not in OPTIONS_BY_KEY:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            apply(key, raw, "file", f"{path}: {key}")
+    for option in OPTIONS:
+        if option.env in environ:
+            apply(option.key, environ[option.env], "env", option.env)
+    for key, raw in (flags or {}).items():
+        if raw is not None:
+            apply(key, raw, "flag", "--" + key.replace("_", "-"))
+    for option in OPTIONS:
+        sources.setdefault(option.key, "default")
+    return Settings(**values, sources=sources)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None

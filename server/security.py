@@ -1,0 +1,120 @@
+"""Pure, synchronous security primitives: identifiers, password hashing (bcrypt) and tokens (PyJWT, HS256).
+
+bcrypt here is deliberately slow and blocking; callers in async code run it on a worker thread (see
+``server.hashing``). PyJWT errors are translated to ``InvalidToken`` at this boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+import unicodedata
+from dataclasses import dataclass
+
+import bcrypt
+import jwt
+
+from server.domain import InvalidToken
+
+BCRYPT_MAX_BYTES = 72
+TOKEN_ALGORITHM = "HS256"  # noqa: S105 (an algorithm name, not a secret)
+USER_ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_user_id(now: float | None = None) -> str:
+    """24 lower-case hex characters: 4 bytes of seconds since the epoch, then 8 random bytes."""
+    seconds = int(time.time() if now is None else now) & 0xFFFFFFFF
+    return seconds.to_bytes(4, "big").hex() + os.urandom(8).hex()
+
+
+def identifier_key(value: str) -> str:
+    """The form usernames and emails are matched and kept unique by: trimmed, NFKC, case-folded."""
+    return unicodedata.normalize("NFKC", value.strip()).casefold()
+
+
+def password_bytes(password: str) -> bytes:
+    """The bytes bcrypt sees: NFKC-normalised UTF-8, so visually identical passwords hash alike.
+
+    Raises UnicodeEncodeError for strings that are not valid Unicode text (lone surrogates).
+    """
+    return unicodedata.normalize("NFKC", password).encode("utf-8")
+
+
+def hash_password(password: bytes, rounds: int) -> str:
+    return bcrypt.hashpw(password, bcrypt.gensalt(rounds)).decode("ascii")
+
+
+def check_password(password: bytes, password_hash: str) -> bool:
+    """True when ``password`` matches. Over 72 bytes never matches, yet costs the same as a real check."""
+    too_long = len(password) > BCRYPT_MAX_BYTES
+    try:
+        matched = bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], password_hash.encode("ascii"))
+    except ValueError:
+        return False
+    return matched and not too_long
+
+
+def dummy_hash(rounds: int) -> str:
+    """A well-formed bcrypt hash at ``rounds`` that no password matches, for checks against unknown users.
+
+    Its salt is real, so checking against it costs exactly what a real check at that cost does, but no
+    hash is computed up front (which would delay start-up by one full bcrypt run).
+    """
+    salt = bcrypt.gensalt(rounds).decode("ascii")
+    return salt + "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: str
+    scope: tuple[str, ...]
+    issued_at: int
+    expires_at: int
+
+
+class TokenCodec:
+    """Issues and verifies HS256 JWTs with the claims ``id``, ``scope``, ``iat`` and ``exp``."""
+
+    def __init__(self, secret: bytes, lifetime_seconds: int) -> None:
+        self._secret = secret
+        self._lifetime = lifetime_seconds
+
+    def __repr__(self) -> str:
+        return f"TokenCodec(lifetime_seconds={self._lifetime})"
+
+    def issue(self, user_id: str, scope: tuple[str, ...], now: float | None = None) -> str:
+        issued_at = int(time.time() if now is None else now)
+        claims = {"id": user_id, "scope": list(scope), "iat": issued_at, "exp": issued_at + self._lifetime}
+        return jwt.encode(claims, self._secret, algorithm=TOKEN_ALGORITHM)
+
+    def verify(self, token: str) -> TokenClaims:
+        """Return the claims of a valid token; raise InvalidToken (with a reason for the log) otherwise."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[TOKEN_ALGORITHM],
+                options={"require": ["id", "iat", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("expired") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("bad_signature") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("issued_in_future") from None
+        except jwt.InvalidAlgorithmError:
+            raise InvalidToken("algorithm_not_allowed") from None
+        except jwt.MissingRequiredClaimError:
+            raise InvalidToken("missing_claim") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed") from None
+        user_id = claims["id"]
+        scope = claims.get("scope", [])
+        if not isinstance(user_id, str) or not USER_ID_PATTERN.match(user_id):
+            raise InvalidToken("malformed")
+        if not isinstance(scope, list) or not all(isinstance(item, str) for item in scope):
+            raise InvalidToken("malformed")
+        return TokenClaims(user_id, tuple(scope), int(claims["iat"]), int(claims["exp"]))

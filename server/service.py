@@ -1,0 +1,190 @@
+"""AuthService: signing up, signing in, and turning a bearer token into a Principal.
+
+It owns the order of operations (rate limit, validate, hash, store, issue a token), emits one structured
+log event per auth event, and raises domain errors only; it knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import structlog
+
+from server import validation
+from server.domain import (
+    InsufficientScope,
+    InvalidCredentials,
+    InvalidToken,
+    MissingField,
+    MixauthError,
+    NewUser,
+    Principal,
+    RateLimiter,
+    Rule,
+    SignupEmailRateLimited,
+    SignupIpRateLimited,
+    User,
+    UserStore,
+)
+from server.hashing import PasswordHasher
+from server.security import BCRYPT_MAX_BYTES, TokenCodec, identifier_key, new_user_id
+
+log = structlog.get_logger("mixauth.auth")
+
+ADMIN_SCOPE = "admin"
+DEFAULT_SCOPE: tuple[str, ...] = ("user",)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    """The tunable rules the service enforces, taken from Settings by the app factory."""
+
+    signup_email_rule: Rule
+    signup_ip_rule: Rule
+    create_scopes: frozenset[str] = frozenset()
+    password_min_length: int = 6
+    default_plan: str = "free"
+
+    @property
+    def signup_bypass_scopes(self) -> frozenset[str]:
+        return self.create_scopes | {ADMIN_SCOPE}
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    user: User
+    token: str
+
+
+class AuthService:
+    def __init__(
+        self,
+        store: UserStore,
+        hasher: PasswordHasher,
+        tokens: TokenCodec,
+        limiter: RateLimiter,
+        policy: AuthPolicy,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._tokens = tokens
+        self._limiter = limiter
+        self._policy = policy
+
+    async def authenticate(self, token: str) -> Principal:
+        """The Principal a bearer token names, with the scopes stored for the user now."""
+        try:
+            claims = self._tokens.verify(token)
+            user = await self._store.get_by_id(claims.user_id)
+            if user is None:
+                raise InvalidToken("unknown_user")
+        except InvalidToken as exc:
+            log.warning("token.rejected", reason=exc.reason)
+            raise
+        structlog.contextvars.bind_contextvars(user_id=user.id)
+        return Principal(user)
+
+    def authorize(self, principal: Principal, scopes: frozenset[str]) -> None:
+        """Raise InsufficientScope unless ``principal`` holds at least one of ``scopes``."""
+        if not principal.has_any_scope(scopes):
+            log.warning("authz.denied", required=sorted(scopes), held=sorted(principal.scopes))
+            raise InsufficientScope()
+
+    async def sign_up(self, body: Mapping[str, Any], client_ip: str, principal: Principal | None) -> str:
+        """Create a user from a signup body and return a token for them.
+
+        Requests that are not made by an admin (or a holder of a create scope) are rate limited first, so
+        every attempt counts, valid or not.
+        """
+        if principal is None or not principal.has_any_scope(self._policy.signup_bypass_scopes):
+            await self._charge_signup(body, client_ip)
+        user = await self.create_user(body, DEFAULT_SCOPE, via="api" if principal is None else "admin_api")
+        return self._tokens.issue(user.id, user.scope)
+
+    async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:
+        return await register_user(self._store, self._hasher, self._policy, body, scope, via)
+
+    async def sign_in(self, body: Mapping[str, Any]) -> SignIn:
+        """Check a username-or-email and password; the same InvalidCredentials for every failure."""
+        password_text = validation.required_string(body, "password")
+        username = validation.optional_string(body, "username")
+        email = validation.optional_string(body, "email")
+        if username is not None and username.strip():
+            identified_by, user = "username", await self._store.get_by_username(identifier_key(username))
+        elif email is not None and email.strip():
+            identified_by, user = "email", await self._store.get_by_email(identifier_key(email))
+        else:
+            raise MissingField("A username or an email is required.")
+        password = validation.sign_in_password(password_text)
+        if user is None:
+            await self._hasher.waste(password)
+            self._reject_sign_in("unknown_user", identified_by)
+        if not await self._hasher.verify(password, user.password_hash):
+            reason = "password_too_long" if len(password) > BCRYPT_MAX_BYTES else "wrong_password"
+            self._reject_sign_in(reason, identified_by, user.id)
+        structlog.contextvars.bind_contextvars(user_id=user.id)
+        log.info("user.signin.succeeded", identified_by=identified_by)
+        return SignIn(user, self._tokens.issue(user.id, user.scope))
+
+    @staticmethod
+    def _reject_sign_in(reason: str, identified_by: str, user_id: str | None = None) -> NoReturn:
+        log.info("user.signin.failed", reason=reason, identified_by=identified_by, user_id=user_id)
+        raise InvalidCredentials()
+
+    async def _charge_signup(self, body: Mapping[str, Any], client_ip: str) -> None:
+        buckets: list[tuple[Rule, str]] = []
+        email = body.get("email")
+        if isinstance(email, str) and email.strip():
+            buckets.append((self._policy.signup_email_rule, identifier_key(email)))
+        buckets.append((self._policy.signup_ip_rule, client_ip))
+        decision = await self._limiter.hit(buckets)
+        if decision.allowed:
+            return
+        email_limited = decision.rule is not None and decision.rule.name == self._policy.signup_email_rule.name
+        log.warning(
+            "signup.rate_limited",
+            limit="email" if email_limited else "ip",
+            retry_after=round(decision.retry_after, 3),
+        )
+        if email_limited:
+            raise SignupEmailRateLimited(decision.retry_after)
+        raise SignupIpRateLimited(decision.retry_after)
+
+
+async def register_user(
+    store: UserStore,
+    hasher: PasswordHasher,
+    policy: AuthPolicy,
+    body: Mapping[str, Any],
+    scope: Sequence[str],
+    via: str,
+) -> User:
+    """Validate, hash and store a new user, without rate limiting (admins and the command line)."""
+    try:
+        username = validation.clean_username(validation.required_string(body, "username"))
+        email = validation.clean_email(validation.required_string(body, "email"))
+        password = validation.clean_new_password(
+            validation.required_string(body, "password"), policy.password_min_length
+        )
+        metadata = validation.optional_object(body, "metadata")
+        password_hash = await hasher.hash(password)
+        user = await store.add(
+            NewUser(
+                id=new_user_id(),
+                username=username,
+                username_key=identifier_key(username),
+                email=email,
+                email_key=identifier_key(email),
+                password_hash=password_hash,
+                scope=tuple(scope),
+                plan=policy.default_plan,
+                metadata=metadata,
+            )
+        )
+    except MixauthError as exc:
+        log.info("user.signup.rejected", reason=exc.code, via=via)
+        raise
+    log.info("user.created", user_id=user.id, scope=list(user.scope), via=via)
+    return user

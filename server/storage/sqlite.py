@@ -1,0 +1,187 @@
+"""The SQLite UserStore: aiosqlite, WAL, ``synchronous=FULL``, versioned schema.
+
+Two connections: one writer and one reader. Both run in autocommit mode, so every write is a single
+statement and therefore its own transaction: a failed insert (say, a taken username) rolls back only itself
+and can never undo another request's write, as an explicit ROLLBACK on a shared connection would. The reader
+sees every committed write (WAL) without queueing behind the writer's fsyncs.
+
+Uniqueness is the database's job: ``username_key`` and ``email_key`` carry UNIQUE constraints, and the
+driver's IntegrityError is translated here into UsernameTaken or EmailTaken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from server.domain import EmailTaken, NewUser, User, UsernameTaken
+
+DATABASE_FILE = "mixauth.sqlite3"
+
+# Each entry moves the schema from version N to N + 1; applied in order, each in its own transaction.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        username      TEXT NOT NULL,
+        username_key  TEXT NOT NULL,
+        email         TEXT NOT NULL,
+        email_key     TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        scope         TEXT NOT NULL,
+        plan          TEXT NOT NULL,
+        is_active     INTEGER NOT NULL DEFAULT 0,
+        metadata      TEXT,
+        created_at    INTEGER NOT NULL DEFAULT (unixepoch())
+    ) STRICT;
+    CREATE UNIQUE INDEX users_username_key ON users (username_key);
+    CREATE UNIQUE INDEX users_email_key ON users (email_key);
+    """,
+)
+
+_SELECT = "SELECT id, username, email, scope, plan, is_active, password_hash, metadata FROM users WHERE "
+_SELECT_BY_ID = _SELECT + "id = ?"
+_SELECT_BY_USERNAME_KEY = _SELECT + "username_key = ?"
+_SELECT_BY_EMAIL_KEY = _SELECT + "email_key = ?"
+
+
+class StorageError(Exception):
+    """The database could not be opened or migrated."""
+
+
+class SqliteUserStore:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+
+    async def add(self, user: NewUser) -> User:
+        try:
+            await self._writer.execute(
+                "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan,"
+                " metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user.id,
+                    user.username,
+                    user.username_key,
+                    user.email,
+                    user.email_key,
+                    user.password_hash,
+                    json.dumps(list(user.scope)),
+                    user.plan,
+                    None if user.metadata is None else json.dumps(user.metadata),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise _translate_integrity_error(exc) from None
+        return User(
+            id=user.id,
+            username=user.username,
+            email=user.email,
+            scope=user.scope,
+            plan=user.plan,
+            is_active=False,
+            password_hash=user.password_hash,
+            metadata=user.metadata,
+        )
+
+    async def get_by_id(self, user_id: str) -> User | None:
+        return await self._one(_SELECT_BY_ID, user_id)
+
+    async def get_by_username(self, username_key: str) -> User | None:
+        return await self._one(_SELECT_BY_USERNAME_KEY, username_key)
+
+    async def get_by_email(self, email_key: str) -> User | None:
+        return await self._one(_SELECT_BY_EMAIL_KEY, email_key)
+
+    async def _one(self, query: str, value: str) -> User | None:
+        async with self._reader.execute(query, (value,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _user_from_row(row)
+
+
+def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> User:
+    user_id, username, email, scope, plan, is_active, password_hash, metadata = row
+    return User(
+        id=user_id,
+        username=username,
+        email=email,
+        scope=tuple(json.loads(scope)),
+        plan=plan,
+        is_active=bool(is_active),
+        password_hash=password_hash,
+        metadata=None if metadata is None else json.loads(metadata),
+    )
+
+
+def _translate_integrity_error(exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "username_key" in text:
+        return UsernameTaken()
+    if "email_key" in text:
+        return EmailTaken()
+    return exc
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    connection = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await connection.execute("PRAGMA busy_timeout = 5000")
+        await connection.execute("PRAGMA journal_mode = WAL")
+        await connection.execute("PRAGMA synchronous = FULL")
+        await connection.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def migrate(connection: aiosqlite.Connection) -> int:
+    """Bring the schema to the newest version; return that version. Safe to run from several processes."""
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        await connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+        async with connection.execute("SELECT max(version) FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > len(MIGRATIONS):
+            raise StorageError(
+                f"the database schema is version {current}, newer than this mixauth knows ({len(MIGRATIONS)})"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    await connection.execute(statement)
+            await connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+        await connection.execute("COMMIT")
+    except BaseException:
+        await connection.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+@asynccontextmanager
+async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
+    """Open (creating and migrating when needed) the database in ``data_dir``; close it on exit."""
+    await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / DATABASE_FILE
+    try:
+        writer = await _connect(path)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the database {path}: {exc}") from None
+    try:
+        await migrate(writer)
+        reader = await _connect(path)
+        try:
+            await reader.execute("PRAGMA query_only = ON")
+            yield SqliteUserStore(writer, reader)
+        finally:
+            await reader.close()
+    finally:
+        await writer.close()

@@ -1,0 +1,88 @@
+"""Reading request bodies as JSON objects, and writing JSON responses and the contract's error body."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from server.domain import InvalidRequest, MixauthError
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+class UnsupportedMediaType(MixauthError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "The request body must be JSON (Content-Type: application/json)."
+
+
+class MalformedBody(InvalidRequest):
+    code = "malformed_body"
+    default_message = "The request body is not valid JSON."
+
+
+class BodyNotAnObject(InvalidRequest):
+    code = "invalid_body"
+    default_message = "The request body must be a JSON object."
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _check_text(value: Any) -> None:
+    """Refuse strings that are not valid Unicode (lone surrogates from \\ud800-style escapes)."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode("utf-8")
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; a missing Content-Type is read as JSON, other non-JSON types give 415."""
+    if "Content-Type" in request.headers and not _is_json_type(request.content_type):
+        raise UnsupportedMediaType()
+    raw = await request.read()  # aiohttp enforces client_max_size and answers 413 beyond it
+    try:
+        body = json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+        _check_text(body)
+    except (UnicodeError, ValueError, RecursionError):
+        raise MalformedBody() from None
+    if not isinstance(body, dict):
+        raise BodyNotAnObject()
+    return body
+
+
+def json_response(data: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers)
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = {"error": message, "message": message, "statusCode": status, "code": code}
+    return json_response(body, status=status, headers=headers)

@@ -1,0 +1,61 @@
+"""Route handlers: read the body, make one service call, answer JSON in the Appmixer shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from server.domain import User
+from server.web.bodies import json_response, read_json_object
+from server.web.keys import CLIENT_IP, PRINCIPAL, SERVICE
+from server.web.openapi import OPENAPI_DOCUMENT
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def user_summary(user: User) -> dict[str, Any]:
+    """The user as sign-in returns it."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "isActive": user.is_active,
+        "email": user.email,
+        "plan": user.plan,
+    }
+
+
+def user_details(user: User) -> dict[str, Any]:
+    """The user as GET /user returns it: the summary with scopes, and metadata when set."""
+    details: dict[str, Any]
+    details = {
+        "id": user.id,
+        "username": user.username,
+        "isActive": user.is_active,
+        "email": user.email,
+        "scope": list(user.scope),
+        "plan": user.plan,
+    }
+    if user.metadata is not None:
+        details["metadata"] = user.metadata
+    return details
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    result = await request.app[SERVICE].sign_in(body)
+    return json_response({"user": user_summary(result.user), "token": result.token}, headers=NO_STORE)
+
+
+async def create_user(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    token = await request.app[SERVICE].sign_up(body, request[CLIENT_IP], request.get(PRINCIPAL))
+    return json_response({"token": token}, headers=NO_STORE)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    return json_response(user_details(request[PRINCIPAL].user))
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return json_response(OPENAPI_DOCUMENT)

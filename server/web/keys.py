@@ -1,0 +1,28 @@
+"""Typed keys for what the application and each request carry (no globals, no string keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from server.domain import Principal
+from server.service import AuthService
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What a route asks of its caller: a valid token, and one of ``scopes`` when that is not empty."""
+
+    authenticated: bool = False
+    scopes: frozenset[str] = frozenset()
+
+
+OPEN = Requirement()
+
+SERVICE = web.AppKey("service", AuthService)
+ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_IP = web.RequestKey("client_ip", str)
+PRINCIPAL = web.RequestKey("principal", Principal)

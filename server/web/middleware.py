@@ -1,0 +1,91 @@
+"""The three middlewares, outermost first.
+
+- ``request_context``: gives each request an id and its client IP, binds both into the log context and
+  returns the id in ``X-Request-Id``.
+- ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
+  aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; anything else is logged with its
+  traceback and answered with a bare 500.
+- ``bearer_auth``: reads an ``Authorization: Bearer`` header on every request (a present but invalid one is
+  401 everywhere), then checks the route's Requirement.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from server.domain import AuthenticationRequired, MixauthError
+from server.logs import bind_request
+from server.web.bodies import MAX_BODY_BYTES, error_response
+from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, REQUEST_ID, SERVICE
+
+log = structlog.get_logger("mixauth.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed."),
+    404: ("not_found", "No resource matches this path."),
+    405: ("method_not_allowed", "This method is not allowed on this path."),
+    413: ("body_too_large", f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."),
+    415: ("unsupported_media_type", "The request body must be JSON (Content-Type: application/json)."),
+}
+_PASSED_ON_HEADERS = ("Allow",)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    client_ip = request.remote or "unknown"
+    request[REQUEST_ID] = request_id
+    request[CLIENT_IP] = client_ip
+    bind_request(request_id=request_id, client_ip=client_ip)
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def error_mapping(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MixauthError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_ERRORS.get(exc.status, (_snake(exc.reason), f"{exc.reason}."))
+        headers = {name: exc.headers[name] for name in _PASSED_ON_HEADERS if name in exc.headers}
+        return error_response(exc.status, code, message, headers)
+    except Exception:
+        log.exception("request.failed", method=request.method, path=request.path)
+        return error_response(500, MixauthError.code, MixauthError.default_message)
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        principal = await service.authenticate(token.strip() if scheme.lower() == "bearer" else "")
+        request[PRINCIPAL] = principal
+    route_name = request.match_info.route.name
+    requirement = request.app[ACCESS_RULES].get(route_name or "", OPEN)
+    if requirement.authenticated or requirement.scopes:
+        principal_or_none = request.get(PRINCIPAL)
+        if principal_or_none is None:
+            log.info("authz.denied", reason="no_token", route=route_name)
+            raise AuthenticationRequired()
+        if requirement.scopes:
+            service.authorize(principal_or_none, requirement.scopes)
+    return await handler(request)
+
+
+def _snake(reason: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "http_error"

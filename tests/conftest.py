@@ -1,0 +1,77 @@
+"""Shared fixtures: a fresh app and database per test, bcrypt at its minimum cost, a fake clock."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.config import Settings
+from server.web.app import create_app
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+PASSWORD = "abc321"
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", bcrypt_rounds=4, jwt_secret=JWT_SECRET)
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, settings: Settings, clock: FakeClock) -> ClientFactory:
+    """Start the real application with ``settings`` changed by keyword arguments, and return a client."""
+
+    async def make(**changes: Any) -> TestClient[Any, Any]:
+        app = create_app(dataclasses.replace(settings, **changes), clock=clock)
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
+    return await make_client()
+
+
+async def sign_up(
+    client: TestClient[Any, Any],
+    username: str = "abc@example.com",
+    email: str = "abc@example.com",
+    password: str = PASSWORD,
+    **extra: Any,
+) -> str:
+    """Create a user through POST /user and return its token; fail the test on any other answer."""
+    response = await client.post("/user", json={"username": username, "email": email, "password": password, **extra})
+    assert response.status == 200, await response.text()
+    token: str = (await response.json())["token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
