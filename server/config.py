@@ -17,7 +17,7 @@ from typing import Any
 MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+)\s*(s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
@@ -63,7 +63,7 @@ def _int_between(low: int, high: int) -> Parser:
     def parse(value: Any) -> int:
         if isinstance(value, str):
             value = value.strip()
-            if not re.fullmatch(r"[+-]?\d+", value):
+            if not re.fullmatch(r"[+-]?[0-9]+", value):
                 raise ValueError(f"expected a whole number, got {value!r}")
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -99,7 +99,7 @@ def parse_duration(value: Any) -> int:
         raise ValueError(f"expected a duration such as 30d, got {value!r}")
     if isinstance(value, int):
         seconds = value
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise ValueError(f"expected a duration such as 30d, 12h or 3600, got {value!r}")
@@ -118,7 +118,7 @@ def parse_scopes(value: Any) -> tuple[str, ...]:
         raise ValueError(f"expected a comma-separated list of scopes, got {value!r}")
     scopes = tuple(dict.fromkeys(item for item in items if item))
     for scope in scopes:
-        if not SCOPE_PATTERN.match(scope):
+        if not SCOPE_PATTERN.fullmatch(scope):
             raise ValueError(f"{scope!r} is not a valid scope name (letters, digits and _ . : - only)")
     return scopes
 

@@ -186,7 +186,8 @@ class RateLimited(MixauthError):
         self.retry_after = retry_after
 
     def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        # Whole seconds, rounded up; the epsilon keeps 72.0000000001 s of float noise from becoming 73.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after - 1e-6)))}
 
 
 class SignupEmailRateLimited(RateLimited):

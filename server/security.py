@@ -113,7 +113,7 @@ class TokenCodec:
             raise InvalidToken("malformed") from None
         user_id = claims["id"]
         scope = claims.get("scope", [])
-        if not isinstance(user_id, str) or not USER_ID_PATTERN.match(user_id):
+        if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
             raise InvalidToken("malformed")
         if not isinstance(scope, list) or not all(isinstance(item, str) for item in scope):
             raise InvalidToken("malformed")

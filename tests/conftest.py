@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
 
 from server.config import Settings
 from server.web.app import create_app
+from server.web.keys import SERVICE
 
-JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+JWT_SECRET = "test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
 PASSWORD = "abc321"
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -30,6 +35,17 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that configure logging for the process: put the test run's configuration back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -75,3 +91,16 @@ async def sign_up(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def admin_token(user_id: str, scope: list[str]) -> str:
+    """A validly signed token for ``user_id``; what it grants depends on the scopes stored for the user."""
+    now = int(time.time())
+    return jwt.encode({"id": user_id, "scope": scope, "iat": now, "exp": now + 600}, JWT_SECRET, algorithm="HS256")
+
+
+async def create_admin(client: TestClient[Any, Any], scope: tuple[str, ...] = ("admin",)) -> str:
+    """A user with ``scope`` stored, created through the service as the command line does; returns a token."""
+    body = {"username": f"admin-{scope[0]}", "email": f"admin-{scope[0]}@example.com", "password": PASSWORD}
+    user = await client.app[SERVICE].create_user(body, scope, via="test")
+    return admin_token(user.id, list(scope))

@@ -15,6 +15,9 @@ from server.domain import ALLOWED, Decision, Rule
 
 Clock = Callable[[], float]
 
+# Refill arithmetic in floating point can land a hair below a whole token at the instant it is due.
+_EPSILON = 1e-9
+
 
 class MemoryRateLimiter:
     def __init__(self, clock: Clock = time.monotonic, sweep_interval: float = 60.0) -> None:
@@ -39,12 +42,12 @@ class MemoryRateLimiter:
         levels: list[float] = []
         for rule, key in buckets:
             tokens = self._level(rule, key, now)
-            if tokens < 1.0:
+            if tokens < 1.0 - _EPSILON:
                 return Decision(allowed=False, rule=rule, retry_after=(1.0 - tokens) / rule.refill_per_second)
             levels.append(tokens)
         for (rule, key), tokens in zip(buckets, levels, strict=True):
             self._rules[rule.name] = rule
-            self._buckets[(rule.name, key)] = (tokens - 1.0, now)
+            self._buckets[(rule.name, key)] = (max(0.0, tokens - 1.0), now)
         return ALLOWED
 
     def sweep(self) -> None:

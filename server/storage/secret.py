@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 SECRET_BYTES = 64
+MIN_SECRET_BYTES = 32
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
-    """Return the kept secret, creating it atomically if no process has yet (so racing starts agree)."""
+    """Return the kept secret, creating it if no process has yet.
+
+    The secret is written and synced under a temporary name, then linked into place: the link either
+    appears whole or not at all, so racing starts agree on one secret and a crash never leaves an empty file.
+    """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = data_dir / SECRET_FILE
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return _read(path)
     secret = secrets.token_bytes(SECRET_BYTES)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(base64.urlsafe_b64encode(secret) + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    temporary = data_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(base64.urlsafe_b64encode(secret) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return _read(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    _sync_directory(data_dir)
     return secret
 
 
@@ -33,6 +48,14 @@ def _read(path: Path) -> bytes:
         secret = base64.urlsafe_b64decode(text)
     except ValueError:
         secret = b""
-    if len(secret) < 32:
+    if len(secret) < MIN_SECRET_BYTES:
         raise ValueError(f"{path} does not hold a valid secret; remove it to generate a new one")
     return secret
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -12,6 +12,7 @@ driver's IntegrityError is translated here into UsernameTaken or EmailTaken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -171,17 +172,14 @@ async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
     """Open (creating and migrating when needed) the database in ``data_dir``; close it on exit."""
     await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
     path = data_dir / DATABASE_FILE
-    try:
-        writer = await _connect(path)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open the database {path}: {exc}") from None
-    try:
-        await migrate(writer)
-        reader = await _connect(path)
+    async with contextlib.AsyncExitStack() as stack:
         try:
+            writer = await _connect(path)
+            stack.push_async_callback(writer.close)
+            await migrate(writer)
+            reader = await _connect(path)
+            stack.push_async_callback(reader.close)
             await reader.execute("PRAGMA query_only = ON")
-            yield SqliteUserStore(writer, reader)
-        finally:
-            await reader.close()
-    finally:
-        await writer.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the database {path}: {exc}") from None
+        yield SqliteUserStore(writer, reader)

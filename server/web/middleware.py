@@ -40,7 +40,7 @@ _PASSED_ON_HEADERS = ("Allow",)
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     client_ip = request.remote or "unknown"
     request[REQUEST_ID] = request_id
     request[CLIENT_IP] = client_ip

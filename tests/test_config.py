@@ -1,0 +1,426 @@
+"""load_settings: defaults, config.toml, environment and flags, in that order, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_duration, parse_scopes
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+GOOD_SECRET = "s" * 32
+
+# The environment variables the contract names; later issues may add more, never fewer.
+CONTRACT_ENV = {
+    "HOST",
+    "PORT",
+    "DATA_DIR",
+    "JWT_SECRET",
+    "JWT_TOKEN_EXP",
+    "BCRYPT_ROUNDS",
+    "API_USER_CREATE_SCOPE",
+    "USER_SIGNUP_RATE_LIMIT_EMAIL",
+    "USER_SIGNUP_RATE_LIMIT_EMAIL_WINDOW_MS",
+    "USER_SIGNUP_RATE_LIMIT_IP",
+    "USER_SIGNUP_RATE_LIMIT_IP_WINDOW_MS",
+    "PASSWORD_MIN_LENGTH",
+    "DEFAULT_PLAN",
+    "LOG_LEVEL",
+}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, so no ./config.toml is picked up by accident."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_config(directory: Path, text: str, name: str = "config.toml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(config_path: Path | None, environ: dict[str, str], flags: dict[str, Any] | None = None) -> str:
+    """The message of the ConfigError that loading raises; fail the test when it loads."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_path, environ, flags)
+    message = str(caught.value)
+    assert "\n" not in message, "a configuration error is one line"
+    return message
+
+
+# Defaults and the list of options
+
+
+def test_defaults_without_file_env_or_flags(workdir: Path) -> None:
+    settings = load_settings(None, {}, None)
+    assert settings == Settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 2200
+    assert settings.data_dir == Path("data")
+    assert settings.jwt_secret is None
+    assert settings.jwt_token_exp == 30 * 86400
+    assert settings.api_user_create_scope == ()
+    assert settings.password_min_length == 6
+    assert settings.default_plan == "free"
+    assert dict(settings.sources) == {option.key: "default" for option in OPTIONS}
+
+
+def test_every_option_is_a_settings_field_and_back() -> None:
+    fields = {field.name for field in dataclasses.fields(Settings)} - {"sources"}
+    keys = [option.key for option in OPTIONS]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == fields
+
+
+def test_env_names_are_the_upper_case_keys_and_cover_the_contract() -> None:
+    envs = {option.env for option in OPTIONS}
+    assert all(option.env == option.key.upper() for option in OPTIONS)
+    assert envs >= CONTRACT_ENV
+
+
+def test_every_option_has_help() -> None:
+    for option in OPTIONS:
+        assert option.help.strip(), option.key
+
+
+# The repository's config.toml
+
+
+def test_repo_config_file_loads_to_the_defaults(workdir: Path) -> None:
+    settings = load_settings(REPO_CONFIG, {}, None)
+    assert settings == Settings()
+    assert settings.sources["port"] == "file"
+    assert settings.sources["jwt_secret"] == "default"  # documented, but commented out
+
+
+def test_repo_config_file_sets_every_option_but_the_secret() -> None:
+    with REPO_CONFIG.open("rb") as handle:
+        data = tomllib.load(handle)
+    assert set(data) == {option.key for option in OPTIONS} - {"jwt_secret"}
+
+
+def test_repo_config_file_documents_every_key_and_env_name() -> None:
+    text = REPO_CONFIG.read_text(encoding="utf-8")
+    for option in OPTIONS:
+        assert option.key in text, option.key
+        assert option.env in text, option.env
+
+
+def test_implicit_config_toml_in_the_working_directory_is_read(workdir: Path) -> None:
+    write_config(workdir, "port = 3000\n")
+    settings = load_settings(None, {}, None)
+    assert settings.port == 3000
+    assert settings.sources["port"] == "file"
+
+
+def test_named_file_is_read_instead_of_the_implicit_one(workdir: Path) -> None:
+    write_config(workdir, "port = 3000\n")
+    named = write_config(workdir, "port = 3001\n", name="other.toml")
+    assert load_settings(named, {}, None).port == 3001
+
+
+def test_empty_file_gives_the_defaults(workdir: Path) -> None:
+    assert load_settings(write_config(workdir, ""), {}, None) == Settings()
+
+
+# Precedence
+
+
+def test_precedence_default_file_env_flag(workdir: Path) -> None:
+    path = write_config(
+        workdir,
+        'host = "10.0.0.1"\nport = 3000\nlog_level = "debug"\ndefault_plan = "pro"\n',
+    )
+    environ = {"PORT": "4000", "LOG_LEVEL": "warning", "BCRYPT_ROUNDS": "5"}
+    flags = {"port": 5000, "data_dir": "/srv/mixauth", "host": None}
+
+    settings = load_settings(path, environ, flags)
+
+    assert settings.port == 5000
+    assert settings.data_dir == Path("/srv/mixauth")
+    assert settings.log_level == "warning"
+    assert settings.bcrypt_rounds == 5
+    assert settings.host == "10.0.0.1"  # a None flag is "not given"
+    assert settings.default_plan == "pro"
+    assert settings.password_min_length == 6
+    assert settings.sources["port"] == "flag"
+    assert settings.sources["data_dir"] == "flag"
+    assert settings.sources["log_level"] == "env"
+    assert settings.sources["bcrypt_rounds"] == "env"
+    assert settings.sources["host"] == "file"
+    assert settings.sources["default_plan"] == "file"
+    assert settings.sources["password_min_length"] == "default"
+    assert set(settings.sources) == {option.key for option in OPTIONS}
+
+
+def test_env_overrides_file(workdir: Path) -> None:
+    path = write_config(workdir, "user_signup_rate_limit_email = 3\n")
+    settings = load_settings(path, {"USER_SIGNUP_RATE_LIMIT_EMAIL": "7"}, None)
+    assert settings.user_signup_rate_limit_email == 7
+    assert settings.sources["user_signup_rate_limit_email"] == "env"
+
+
+def test_unrelated_environment_variables_are_ignored(workdir: Path) -> None:
+    assert load_settings(None, {"PATH": "/bin", "port": "1", "HOME": "/root"}, None) == Settings()
+
+
+def test_sources_do_not_affect_equality(workdir: Path) -> None:
+    from_env = load_settings(None, {"PORT": "2200"}, None)
+    assert from_env.sources["port"] == "env"
+    assert from_env == Settings()
+
+
+def test_env_values_are_parsed_from_strings(workdir: Path) -> None:
+    settings = load_settings(
+        None,
+        {
+            "PORT": " 8080 ",
+            "DATA_DIR": "/var/lib/mixauth",
+            "JWT_SECRET": GOOD_SECRET,
+            "JWT_TOKEN_EXP": "12h",
+            "USER_SIGNUP_RATE_LIMIT_IP_WINDOW_MS": "60000",
+            "PASSWORD_MIN_LENGTH": "10",
+            "LOG_LEVEL": "DEBUG",
+        },
+        None,
+    )
+    assert settings.port == 8080
+    assert settings.data_dir == Path("/var/lib/mixauth")
+    assert settings.jwt_secret == GOOD_SECRET
+    assert settings.jwt_token_exp == 12 * 3600
+    assert settings.user_signup_rate_limit_ip_window_ms == 60000
+    assert settings.password_min_length == 10
+    assert settings.log_level == "debug"
+
+
+def test_secret_is_kept_out_of_repr(workdir: Path) -> None:
+    settings = load_settings(None, {"JWT_SECRET": GOOD_SECRET}, None)
+    assert GOOD_SECRET not in repr(settings)
+
+
+# Errors: each one line, naming the setting
+
+
+def test_unknown_file_key_is_refused(workdir: Path) -> None:
+    path = write_config(workdir, "prot = 2200\n")
+    message = config_error(path, {})
+    assert "prot" in message
+    assert str(path) in message
+
+
+def test_unknown_key_in_the_implicit_file_is_refused(workdir: Path) -> None:
+    write_config(workdir, "colour = 'blue'\n")
+    assert "colour" in config_error(None, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ('port = "abc"\n', "port"),
+        ("port = 70000\n", "port"),
+        ("port = -1\n", "port"),
+        ("port = 2200.5\n", "port"),
+        ("bcrypt_rounds = true\n", "bcrypt_rounds"),
+        ("bcrypt_rounds = 3\n", "bcrypt_rounds"),
+        ("bcrypt_rounds = 32\n", "bcrypt_rounds"),
+        ('host = ""\n', "host"),
+        ("host = 127\n", "host"),
+        ("data_dir = 1\n", "data_dir"),
+        ("jwt_secret = 12345\n", "jwt_secret"),
+        ('jwt_secret = "short"\n', "jwt_secret"),
+        ('jwt_token_exp = "forever"\n', "jwt_token_exp"),
+        ("jwt_token_exp = 0\n", "jwt_token_exp"),
+        ("api_user_create_scope = 5\n", "api_user_create_scope"),
+        ('api_user_create_scope = ["admin", 5]\n', "api_user_create_scope"),
+        ('api_user_create_scope = "ad min"\n', "api_user_create_scope"),
+        ("user_signup_rate_limit_email = 0\n", "user_signup_rate_limit_email"),
+        ('user_signup_rate_limit_ip = "many"\n', "user_signup_rate_limit_ip"),
+        ("user_signup_rate_limit_ip_window_ms = 0\n", "user_signup_rate_limit_ip_window_ms"),
+        ("password_min_length = 5\n", "password_min_length"),
+        ("password_min_length = 73\n", "password_min_length"),
+        ('default_plan = "  "\n', "default_plan"),
+        ('log_level = "verbose"\n', "log_level"),
+    ],
+)
+def test_bad_file_value_names_the_setting(workdir: Path, text: str, setting: str) -> None:
+    path = write_config(workdir, text)
+    message = config_error(path, {})
+    assert setting in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "65536"),
+        ("PORT", "22.5"),
+        ("PORT", "\uff13\uff10\uff10\uff10"),  # fullwidth digits
+        ("BCRYPT_ROUNDS", "\u0661\u0662"),  # Arabic-Indic digits
+        ("PORT", ""),
+        ("BCRYPT_ROUNDS", "true"),
+        ("BCRYPT_ROUNDS", "100"),
+        ("JWT_TOKEN_EXP", "0"),
+        ("JWT_TOKEN_EXP", "1.5h"),
+        ("API_USER_CREATE_SCOPE", "admin, bad scope"),
+        ("API_USER_CREATE_SCOPE", "admin;ops"),
+        ("USER_SIGNUP_RATE_LIMIT_EMAIL", "-3"),
+        ("USER_SIGNUP_RATE_LIMIT_EMAIL_WINDOW_MS", "1h"),
+        ("PASSWORD_MIN_LENGTH", "4"),
+        ("DEFAULT_PLAN", ""),
+        ("LOG_LEVEL", "trace"),
+        ("HOST", "   "),
+    ],
+)
+def test_bad_env_value_names_the_variable(workdir: Path, env: str, value: str) -> None:
+    assert env in config_error(None, {env: value})
+
+
+def test_bad_env_value_beats_a_good_file_value(workdir: Path) -> None:
+    path = write_config(workdir, "port = 3000\n")
+    assert "PORT" in config_error(path, {"PORT": "abc"})
+
+
+def test_bad_flag_names_the_flag(workdir: Path) -> None:
+    assert "--port" in config_error(None, {}, {"port": 99999})
+    assert "--data-dir" in config_error(None, {}, {"data_dir": ""})
+
+
+def test_short_jwt_secret_is_refused_without_echoing_it(workdir: Path) -> None:
+    secret = "x" * 31
+    message = config_error(None, {"JWT_SECRET": secret})
+    assert "JWT_SECRET" in message
+    assert "32" in message
+    assert secret not in message
+
+
+def test_jwt_secret_length_is_counted_in_bytes(workdir: Path) -> None:
+    # 16 two-byte characters: 32 bytes in UTF-8, though only 16 characters.
+    assert load_settings(None, {"JWT_SECRET": "é" * 16}, None).jwt_secret == "é" * 16
+    assert "JWT_SECRET" in config_error(None, {"JWT_SECRET": "é" * 15 + "a"})
+
+
+def test_exactly_32_byte_secret_is_accepted(workdir: Path) -> None:
+    assert load_settings(None, {"JWT_SECRET": GOOD_SECRET}, None).jwt_secret == GOOD_SECRET
+
+
+def test_invalid_toml_is_refused(workdir: Path) -> None:
+    path = write_config(workdir, "port = \n[[[\n")
+    message = config_error(path, {})
+    assert str(path) in message
+    assert "TOML" in message
+
+
+def test_invalid_implicit_toml_is_refused(workdir: Path) -> None:
+    write_config(workdir, "this is not toml")
+    assert "config.toml" in config_error(None, {})
+
+
+def test_named_missing_file_is_refused(workdir: Path) -> None:
+    missing = workdir / "nowhere" / "mixauth.toml"
+    message = config_error(missing, {})
+    assert str(missing) in message
+
+
+def test_missing_implicit_file_is_fine(workdir: Path) -> None:
+    assert not (workdir / "config.toml").exists()
+    assert load_settings(None, {}, None) == Settings()
+
+
+def test_port_bounds(workdir: Path) -> None:
+    assert load_settings(None, {"PORT": "0"}, None).port == 0
+    assert load_settings(None, {"PORT": "65535"}, None).port == 65535
+
+
+def test_bcrypt_rounds_bounds(workdir: Path) -> None:
+    assert load_settings(None, {"BCRYPT_ROUNDS": "4"}, None).bcrypt_rounds == 4
+    assert load_settings(None, {"BCRYPT_ROUNDS": "31"}, None).bcrypt_rounds == 31
+
+
+# Durations
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("30d", 30 * 86400),
+        ("12h", 12 * 3600),
+        ("90m", 90 * 60),
+        ("45s", 45),
+        ("3600", 3600),
+        (3600, 3600),
+        ("2w", 2 * 7 * 86400),
+        (" 7d ", 7 * 86400),
+        ("1", 1),
+    ],
+)
+def test_parse_duration(raw: str | int, seconds: int) -> None:
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize(
+    "raw", ["0", "0d", "-1", "-1d", 0, -5, "abc", "", "1.5h", "30 days", "d", "3y", "\uff13\uff10d", True, False, 1.5]
+)
+def test_parse_duration_refuses(raw: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|zero"):
+        parse_duration(raw)
+
+
+def test_duration_from_the_file_as_a_number_or_a_string(workdir: Path) -> None:
+    assert load_settings(write_config(workdir, "jwt_token_exp = 3600\n"), {}, None).jwt_token_exp == 3600
+    assert load_settings(write_config(workdir, 'jwt_token_exp = "2w"\n'), {}, None).jwt_token_exp == 14 * 86400
+
+
+def test_boolean_duration_in_the_file_is_refused(workdir: Path) -> None:
+    assert "jwt_token_exp" in config_error(write_config(workdir, "jwt_token_exp = true\n"), {})
+
+
+# API_USER_CREATE_SCOPE
+
+
+@pytest.mark.parametrize(
+    ("raw", "scopes"),
+    [
+        ("admin, ops", ("admin", "ops")),
+        ("admin", ("admin",)),
+        ("", ()),
+        ("  ", ()),
+        (" , ,", ()),
+        ("admin,,ops,", ("admin", "ops")),
+        ("admin,admin", ("admin",)),
+        ("user:create, ops.team-1_a", ("user:create", "ops.team-1_a")),
+    ],
+)
+def test_parse_scopes_from_a_string(raw: str, scopes: tuple[str, ...]) -> None:
+    assert parse_scopes(raw) == scopes
+
+
+def test_scopes_from_env(workdir: Path) -> None:
+    settings = load_settings(None, {"API_USER_CREATE_SCOPE": "admin, ops"}, None)
+    assert settings.api_user_create_scope == ("admin", "ops")
+    assert load_settings(None, {"API_USER_CREATE_SCOPE": ""}, None).api_user_create_scope == ()
+
+
+def test_empty_env_scope_overrides_the_file(workdir: Path) -> None:
+    path = write_config(workdir, 'api_user_create_scope = "admin"\n')
+    assert load_settings(path, {}, None).api_user_create_scope == ("admin",)
+    assert load_settings(path, {"API_USER_CREATE_SCOPE": ""}, None).api_user_create_scope == ()
+
+
+def test_scopes_as_a_toml_list(workdir: Path) -> None:
+    path = write_config(workdir, 'api_user_create_scope = ["admin", " ops "]\n')
+    assert load_settings(path, {}, None).api_user_create_scope == ("admin", "ops")
+    assert load_settings(write_config(workdir, "api_user_create_scope = []\n"), {}, None).api_user_create_scope == ()
+
+
+@pytest.mark.parametrize("raw", ["bad scope", "admin;ops", "ädmin", "a" * 65, 5, ["admin", 1], {"admin": True}])
+def test_parse_scopes_refuses(raw: object) -> None:
+    with pytest.raises(ValueError, match="scope"):
+        parse_scopes(raw)

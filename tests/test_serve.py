@@ -1,0 +1,216 @@
+"""The real server as a user runs it: the Dockerfile's start command in a subprocess, its logs and its exits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARY_PASSWORD = "canary-Pa55word-7f3a9c"
+JWT_SECRET = "serve-test-secret-0123456789abcdef-0123456789abcdef"
+
+
+def dockerfile_start() -> tuple[list[str], dict[str, str]]:
+    """The image's CMD and the environment its ENV lines set, read from the Dockerfile itself."""
+    text = (ROOT / "Dockerfile").read_text()
+    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    env: dict[str, str] = {}
+    for block in re.findall(r"^ENV ((?:.*\\\n)*.*)$", text, re.MULTILINE):
+        for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " ")):
+            env[name] = value
+    return command, env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in {"JWT_SECRET", "DATA_DIR", "PORT", "HOST"}}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+async def wait_until_serving(port: int, process: subprocess.Popen[bytes], deadline: float = 15.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise AssertionError("server did not start listening in time")
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> tuple[int, list[dict[str, Any]], str]:
+        """SIGTERM, then the exit code, the parsed stdout log lines and stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=15)
+        lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+        return self.process.returncode, lines, err.decode()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    command, image_env = dockerfile_start()
+    assert command[0] == "python3"
+    port = free_port()
+    env = base_env(**image_env)
+    # The image's own command; only the address, port and data directory are moved onto this machine's
+    # loopback and a temporary directory, and the interpreter is the one running the tests.
+    env.update(HOST="127.0.0.1", PORT=str(port), DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
+    process = subprocess.Popen(
+        [sys.executable, *command[1:]], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        await wait_until_serving(port, process)
+        yield Server(process, port)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_dockerfile_runs_as_non_root_with_data_in_a_volume() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    _, env = dockerfile_start()
+    assert env["HOST"] == "0.0.0.0"
+    assert env["PORT"] == "2200"
+    assert env["DATA_DIR"] == "/data"
+    assert re.search(r"^VOLUME \[\"/data\"\]$", text, re.MULTILINE)
+    assert re.search(r"^USER (?!root)\w+$", text, re.MULTILINE)
+    assert re.search(r"^EXPOSE 2200$", text, re.MULTILINE)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, re.MULTILINE)
+
+
+async def test_seed_examples_against_the_image_start_command(server: Server, tmp_path: Path) -> None:
+    signup = {"username": "abc@example.com", "email": "abc@example.com", "password": CANARY_PASSWORD}
+    async with aiohttp.ClientSession(server.url) as http:
+        created = await http.post("/user", json=signup)
+        assert created.status == 200
+        token = (await created.json())["token"]
+        signed_in = await http.post("/user/auth", json={"username": "abc@example.com", "password": CANARY_PASSWORD})
+        assert signed_in.status == 200
+        body = await signed_in.json()
+        assert body["user"]["username"] == "abc@example.com"
+        failed = await http.post("/user/auth", json={"username": "abc@example.com", "password": "wrong-password"})
+        assert failed.status == 403
+        me = await http.get("/user", headers={"Authorization": f"Bearer {body['token']}"})
+        assert me.status == 200
+        assert (await me.json())["scope"] == ["user"]
+        rejected = await http.get("/user", headers={"Authorization": "Bearer forged.token.value"})
+        assert rejected.status == 401
+        weird = await http.post(
+            "/user", json={"username": "evil\nname", "email": "e@example.com", "password": CANARY_PASSWORD}
+        )
+        assert weird.status == 400
+
+    code, lines, err = server.stop()
+    assert code == 0, err
+    events = [line["event"] for line in lines]
+    for expected in ("user.created", "user.signin.succeeded", "user.signin.failed", "token.rejected", "http.request"):
+        assert expected in events
+    for line in lines:
+        assert {"timestamp", "level", "event"} <= set(line)
+        if line["event"].startswith(("user.", "token.")):
+            assert line["client_ip"] == "127.0.0.1"
+            assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
+    failed_line = next(line for line in lines if line["event"] == "user.signin.failed")
+    assert failed_line["reason"] == "wrong_password"
+
+    secret = (tmp_path / "data" / "jwt-secret").read_text().strip()
+    everything = json.dumps(lines) + err
+    for forbidden in (CANARY_PASSWORD, token, body["token"], secret, "$2b$"):
+        assert forbidden not in everything
+
+
+async def test_sigterm_closes_the_database_cleanly(server: Server, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession(server.url) as http:
+        response = await http.post("/user", json={"username": "u", "email": "u@example.com", "password": "abc321"})
+        assert response.status == 200
+    code, _, err = server.stop()
+    assert code == 0, err
+    wal = tmp_path / "data" / "mixauth.sqlite3-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"PORT": "not-a-port"}, "PORT"),
+        ({"JWT_SECRET": "too-short"}, "JWT_SECRET"),
+        ({"USER_SIGNUP_RATE_LIMIT_EMAIL": "-3"}, "USER_SIGNUP_RATE_LIMIT_EMAIL"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_configuration_stops_start_up_with_one_line(tmp_path: Path, env: dict[str, str], names: str) -> None:
+    flags = [] if "PORT" in env else ["--port", str(free_port())]
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *flags],
+        cwd=tmp_path,
+        env=base_env(DATA_DIR=str(tmp_path / "data"), **env),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert names in lines[0]
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_key_in_config_file_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("prot = 2200\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "server"], cwd=tmp_path, env=base_env(), capture_output=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert "unknown setting 'prot'" in result.stderr.decode()
+
+
+def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "server", "--port", str(port)],
+            cwd=tmp_path,
+            env=base_env(DATA_DIR=str(tmp_path / "data"), JWT_SECRET=JWT_SECRET),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    err_lines = [line for line in result.stderr.decode().splitlines() if line.startswith("mixauth:")]
+    assert len(err_lines) == 1
+    assert str(port) in err_lines[0]

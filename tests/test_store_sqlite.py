@@ -1,0 +1,257 @@
+"""The UserStore contract, run against the SQLite backend, plus the SQLite backend's own guarantees.
+
+The contract tests only use the ``open_store`` fixture and the UserStore Protocol, so another backend joins
+them by adding a parameter to that fixture. The tests at the end (schema versions, PRAGMAs) are SQLite's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from server.domain import EmailTaken, NewUser, User, UsernameTaken, UserStore
+from server.security import identifier_key, new_user_id
+from server.storage import sqlite
+from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore, StorageError
+
+OpenStore = Callable[[Path], AbstractAsyncContextManager[UserStore]]
+
+# A well-formed bcrypt hash; the store keeps it as an opaque string.
+HASH = "$2b$04$abcdefghijklmnopqrstuu5Ov7hTbyFZ0b1aLyNnyWZTLzCXlCmYy"
+
+
+def new_user(
+    username: str = "Alice",
+    email: str = "Alice@Example.com",
+    *,
+    scope: tuple[str, ...] = ("user",),
+    plan: str = "free",
+    metadata: dict[str, object] | None = None,
+    password_hash: str = HASH,
+) -> NewUser:
+    return NewUser(
+        id=new_user_id(),
+        username=username,
+        username_key=identifier_key(username),
+        email=email,
+        email_key=identifier_key(email),
+        password_hash=password_hash,
+        scope=scope,
+        plan=plan,
+        metadata=metadata,
+    )
+
+
+def as_stored(user: NewUser) -> User:
+    """The User a store must give back for ``user`` right after adding it."""
+    return User(
+        id=user.id,
+        username=user.username,
+        email=user.email,
+        scope=user.scope,
+        plan=user.plan,
+        is_active=False,
+        password_hash=user.password_hash,
+        metadata=user.metadata,
+    )
+
+
+@pytest.fixture(params=["sqlite"])
+def open_store(request: pytest.FixtureRequest) -> OpenStore:
+    """Open a store of the parametrised backend on a data directory; the same directory reopens the same data."""
+    backends: dict[str, OpenStore] = {"sqlite": sqlite.open_store}
+    return backends[request.param]
+
+
+@pytest.fixture
+async def store(open_store: OpenStore, tmp_path: Path) -> AsyncIterator[UserStore]:
+    async with open_store(tmp_path) as opened:
+        yield opened
+
+
+# The UserStore contract.
+
+
+async def test_add_returns_the_user_and_every_lookup_finds_it(store: UserStore) -> None:
+    user = new_user()
+    added = await store.add(user)
+    assert added == as_stored(user)
+    assert await store.get_by_id(user.id) == added
+    assert await store.get_by_username("alice") == added
+    assert await store.get_by_email("alice@example.com") == added
+
+
+async def test_lookups_use_the_key_not_the_display_form(store: UserStore) -> None:
+    await store.add(new_user())
+    # The store matches the normalised key exactly; normalising is the caller's job.
+    assert await store.get_by_username("Alice") is None
+    assert await store.get_by_email("Alice@Example.com") is None
+
+
+async def test_unknown_user_is_none(store: UserStore) -> None:
+    await store.add(new_user())
+    assert await store.get_by_id(new_user_id()) is None
+    assert await store.get_by_username("bob") is None
+    assert await store.get_by_email("bob@example.com") is None
+
+
+async def test_taken_username_raises_username_taken(store: UserStore) -> None:
+    first = await store.add(new_user("Alice", "alice@example.com"))
+    with pytest.raises(UsernameTaken):
+        await store.add(new_user("ALICE", "other@example.com"))
+    assert await store.get_by_email("other@example.com") is None
+    assert await store.get_by_username("alice") == first
+
+
+async def test_taken_email_raises_email_taken(store: UserStore) -> None:
+    first = await store.add(new_user("Alice", "alice@example.com"))
+    with pytest.raises(EmailTaken):
+        await store.add(new_user("Bob", "ALICE@example.com"))
+    assert await store.get_by_username("bob") is None
+    assert await store.get_by_email("alice@example.com") == first
+
+
+async def test_metadata_round_trips_as_nested_json(store: UserStore) -> None:
+    metadata: dict[str, object] = {
+        "company": "Acme",
+        "tags": ["a", "b", {"deep": [1, 2.5, None, True]}],
+        "nested": {"level": {"unicode": "žluťoučký kůň", "empty": {}}},
+    }
+    user = new_user(metadata=metadata)
+    await store.add(user)
+    stored = await store.get_by_id(user.id)
+    assert stored is not None
+    assert stored.metadata == metadata
+
+
+async def test_no_metadata_reads_back_as_none(store: UserStore) -> None:
+    user = new_user(metadata=None)
+    await store.add(user)
+    stored = await store.get_by_id(user.id)
+    assert stored is not None
+    assert stored.metadata is None
+
+
+async def test_scope_plan_and_hash_round_trip_and_new_users_are_inactive(store: UserStore) -> None:
+    user = new_user(scope=("admin", "user", "api:create"), plan="enterprise")
+    await store.add(user)
+    stored = await store.get_by_username("alice")
+    assert stored is not None
+    assert stored.scope == ("admin", "user", "api:create")
+    assert stored.plan == "enterprise"
+    assert stored.password_hash == HASH
+    assert stored.is_active is False
+
+
+async def test_data_survives_closing_and_reopening(open_store: OpenStore, tmp_path: Path) -> None:
+    user = new_user(metadata={"k": ["v"]})
+    async with open_store(tmp_path) as store:
+        await store.add(user)
+    async with open_store(tmp_path) as store:
+        assert await store.get_by_id(user.id) == as_stored(user)
+        with pytest.raises(UsernameTaken):
+            await store.add(new_user("alice", "second@example.com"))
+
+
+async def test_concurrent_adds_for_one_username_next_to_distinct_users(store: UserStore) -> None:
+    """Twenty racing for one username, twenty distinct: a failed insert must not undo anyone else's."""
+    racers = [new_user("contested", f"racer{n}@example.com") for n in range(20)]
+    distinct = [new_user(f"user{n}", f"user{n}@example.com", metadata={"n": n}) for n in range(20)]
+    everyone = [user for pair in zip(racers, distinct, strict=True) for user in pair]
+
+    results = await asyncio.gather(*(store.add(user) for user in everyone), return_exceptions=True)
+
+    succeeded = [user for user, result in zip(everyone, results, strict=True) if isinstance(result, User)]
+    failures = [result for result in results if not isinstance(result, User)]
+    assert len(succeeded) == 21
+    assert len(failures) == 19
+    assert all(isinstance(failure, UsernameTaken) for failure in failures), failures
+    assert {user.id for user in distinct} <= {user.id for user in succeeded}
+    for user in succeeded:
+        assert await store.get_by_id(user.id) == as_stored(user)
+        assert await store.get_by_email(user.email_key) == as_stored(user)
+    winner = await store.get_by_username("contested")
+    assert winner is not None
+    assert winner.id in {user.id for user in succeeded}
+    for user in racers:
+        if user.id != winner.id:
+            assert await store.get_by_id(user.id) is None
+            assert await store.get_by_email(user.email_key) is None
+
+
+# SQLite's own guarantees.
+
+
+async def read_versions(path: Path) -> list[int]:
+    async with aiosqlite.connect(path) as connection, connection.execute("SELECT version FROM schema_version") as cur:
+        return [int(row[0]) for row in await cur.fetchall()]
+
+
+async def test_schema_version_holds_the_newest_version_once(tmp_path: Path) -> None:
+    async with sqlite.open_store(tmp_path):
+        pass
+    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
+
+
+async def test_reopening_does_not_rerun_migrations(tmp_path: Path) -> None:
+    user = new_user()
+    async with sqlite.open_store(tmp_path) as store:
+        await store.add(user)
+    async with sqlite.open_store(tmp_path) as store:
+        assert await store.get_by_id(user.id) == as_stored(user)
+    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
+
+
+async def test_migrate_reports_the_newest_version(tmp_path: Path) -> None:
+    async with aiosqlite.connect(tmp_path / DATABASE_FILE, isolation_level=None) as connection:
+        assert await sqlite.migrate(connection) == len(MIGRATIONS)
+        assert await sqlite.migrate(connection) == len(MIGRATIONS)
+    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
+
+
+async def test_a_schema_newer_than_this_code_is_refused(tmp_path: Path) -> None:
+    async with sqlite.open_store(tmp_path):
+        pass
+    async with aiosqlite.connect(tmp_path / DATABASE_FILE) as connection:
+        await connection.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
+        await connection.commit()
+    with pytest.raises(StorageError, match=r"newer than this mixauth knows"):
+        async with sqlite.open_store(tmp_path):
+            pytest.fail("the store opened a database with a newer schema")
+    # Refusing changed nothing.
+    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS), len(MIGRATIONS) + 1]
+
+
+async def test_the_database_file_is_in_wal_mode(tmp_path: Path) -> None:
+    async with sqlite.open_store(tmp_path):
+        pass
+    async with (
+        aiosqlite.connect(tmp_path / DATABASE_FILE) as connection,
+        connection.execute("PRAGMA journal_mode") as cursor,
+    ):
+        row = await cursor.fetchone()
+    assert row is not None
+    assert row[0] == "wal"
+
+
+async def test_both_connections_use_wal_and_synchronous_full(tmp_path: Path) -> None:
+    async with sqlite.open_store(tmp_path) as store:
+        assert isinstance(store, SqliteUserStore)
+        # synchronous is a per-connection setting: only the store's own connections can show it.
+        for connection in (store._writer, store._reader):
+            async with connection.execute("PRAGMA journal_mode") as cursor:
+                assert await cursor.fetchone() == ("wal",)
+            async with connection.execute("PRAGMA synchronous") as cursor:
+                assert await cursor.fetchone() == (2,)
+
+
+async def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / DATABASE_FILE).write_bytes(b"this is not an SQLite database, just text " * 100)
+    with pytest.raises(StorageError, match="cannot open the database"):
+        async with sqlite.open_store(tmp_path):
+            pass
