@@ -5,6 +5,8 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
 
     MixauthError (500 internal_error)
     ├── InvalidRequest (400 invalid_request)
+    │   ├── MalformedBody (400 malformed_body)
+    │   ├── BodyNotAnObject (400 invalid_body)
     │   ├── InvalidField (400 invalid_field)
     │   ├── MissingField (400 missing_field)
     │   ├── InvalidUsername (400 invalid_username)
@@ -18,6 +20,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     ├── Conflict (409 conflict)
     │   ├── UsernameTaken (409 username_taken)
     │   └── EmailTaken (409 email_taken)
+    ├── UnsupportedMediaType (415 unsupported_media_type)
     └── RateLimited (429 rate_limited)
         ├── SignupEmailRateLimited (429 signup_email_rate_limited)
         └── SignupIpRateLimited (429 signup_ip_rate_limited)
@@ -61,6 +64,19 @@ class NewUser:
     plan: str
     metadata: JsonObject | None = None
 
+    def as_user(self) -> User:
+        """The User a store holds for this one right after adding it (new users start inactive)."""
+        return User(
+            id=self.id,
+            username=self.username,
+            email=self.email,
+            scope=self.scope,
+            plan=self.plan,
+            is_active=False,
+            password_hash=self.password_hash,
+            metadata=self.metadata,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -95,6 +111,16 @@ class InvalidRequest(MixauthError):
     status = 400
     code = "invalid_request"
     default_message = "The request is not valid."
+
+
+class MalformedBody(InvalidRequest):
+    code = "malformed_body"
+    default_message = "The request body is not valid JSON."
+
+
+class BodyNotAnObject(InvalidRequest):
+    code = "invalid_body"
+    default_message = "The request body must be a JSON object."
 
 
 class InvalidField(InvalidRequest):
@@ -174,6 +200,12 @@ class UsernameTaken(Conflict):
 class EmailTaken(Conflict):
     code = "email_taken"
     default_message = "A user with this email address already exists."
+
+
+class UnsupportedMediaType(MixauthError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "The request body must be JSON (Content-Type: application/json)."
 
 
 class RateLimited(MixauthError):

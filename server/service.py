@@ -101,6 +101,8 @@ class AuthService:
         if principal is None or not principal.has_any_scope(self._policy.signup_bypass_scopes):
             await self._charge_signup(body, client_ip)
         user = await self.create_user(body, DEFAULT_SCOPE, via="api" if principal is None else "admin_api")
+        if principal is None:
+            structlog.contextvars.bind_contextvars(user_id=user.id)
         return self._tokens.issue(user.id, user.scope)
 
     async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:

@@ -52,16 +52,7 @@ class FakeUserStore:
             raise UsernameTaken()
         if user.email_key in self._ids_by_email:
             raise EmailTaken()
-        stored = User(
-            id=user.id,
-            username=user.username,
-            email=user.email,
-            scope=user.scope,
-            plan=user.plan,
-            is_active=False,
-            password_hash=user.password_hash,
-            metadata=user.metadata,
-        )
+        stored = user.as_user()
         self.by_id[user.id] = stored
         self._ids_by_username[user.username_key] = user.id
         self._ids_by_email[user.email_key] = user.id

@@ -47,20 +47,6 @@ def new_user(
     )
 
 
-def as_stored(user: NewUser) -> User:
-    """The User a store must give back for ``user`` right after adding it."""
-    return User(
-        id=user.id,
-        username=user.username,
-        email=user.email,
-        scope=user.scope,
-        plan=user.plan,
-        is_active=False,
-        password_hash=user.password_hash,
-        metadata=user.metadata,
-    )
-
-
 @pytest.fixture(params=["sqlite"])
 def open_store(request: pytest.FixtureRequest) -> OpenStore:
     """Open a store of the parametrised backend on a data directory; the same directory reopens the same data."""
@@ -80,7 +66,7 @@ async def store(open_store: OpenStore, tmp_path: Path) -> AsyncIterator[UserStor
 async def test_add_returns_the_user_and_every_lookup_finds_it(store: UserStore) -> None:
     user = new_user()
     added = await store.add(user)
-    assert added == as_stored(user)
+    assert added == user.as_user()
     assert await store.get_by_id(user.id) == added
     assert await store.get_by_username("alice") == added
     assert await store.get_by_email("alice@example.com") == added
@@ -153,7 +139,7 @@ async def test_data_survives_closing_and_reopening(open_store: OpenStore, tmp_pa
     async with open_store(tmp_path) as store:
         await store.add(user)
     async with open_store(tmp_path) as store:
-        assert await store.get_by_id(user.id) == as_stored(user)
+        assert await store.get_by_id(user.id) == user.as_user()
         with pytest.raises(UsernameTaken):
             await store.add(new_user("alice", "second@example.com"))
 
@@ -173,8 +159,8 @@ async def test_concurrent_adds_for_one_username_next_to_distinct_users(store: Us
     assert all(isinstance(failure, UsernameTaken) for failure in failures), failures
     assert {user.id for user in distinct} <= {user.id for user in succeeded}
     for user in succeeded:
-        assert await store.get_by_id(user.id) == as_stored(user)
-        assert await store.get_by_email(user.email_key) == as_stored(user)
+        assert await store.get_by_id(user.id) == user.as_user()
+        assert await store.get_by_email(user.email_key) == user.as_user()
     winner = await store.get_by_username("contested")
     assert winner is not None
     assert winner.id in {user.id for user in succeeded}
@@ -203,7 +189,7 @@ async def test_reopening_does_not_rerun_migrations(tmp_path: Path) -> None:
     async with sqlite.open_store(tmp_path) as store:
         await store.add(user)
     async with sqlite.open_store(tmp_path) as store:
-        assert await store.get_by_id(user.id) == as_stored(user)
+        assert await store.get_by_id(user.id) == user.as_user()
     assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
 
 

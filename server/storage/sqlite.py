@@ -81,16 +81,7 @@ class SqliteUserStore:
             )
         except sqlite3.IntegrityError as exc:
             raise _translate_integrity_error(exc) from None
-        return User(
-            id=user.id,
-            username=user.username,
-            email=user.email,
-            scope=user.scope,
-            plan=user.plan,
-            is_active=False,
-            password_hash=user.password_hash,
-            metadata=user.metadata,
-        )
+        return user.as_user()
 
     async def get_by_id(self, user_id: str) -> User | None:
         return await self._one(_SELECT_BY_ID, user_id)

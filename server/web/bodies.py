@@ -9,25 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from server.domain import InvalidRequest, MixauthError
+from server.domain import BodyNotAnObject, MalformedBody, UnsupportedMediaType
 
 MAX_BODY_BYTES = 16 * 1024
-
-
-class UnsupportedMediaType(MixauthError):
-    status = 415
-    code = "unsupported_media_type"
-    default_message = "The request body must be JSON (Content-Type: application/json)."
-
-
-class MalformedBody(InvalidRequest):
-    code = "malformed_body"
-    default_message = "The request body is not valid JSON."
-
-
-class BodyNotAnObject(InvalidRequest):
-    code = "invalid_body"
-    default_message = "The request body must be a JSON object."
 
 
 def _is_json_type(content_type: str) -> bool:

@@ -32,7 +32,6 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     404: ("not_found", "No resource matches this path."),
     405: ("method_not_allowed", "This method is not allowed on this path."),
     413: ("body_too_large", f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."),
-    415: ("unsupported_media_type", "The request body must be JSON (Content-Type: application/json)."),
 }
 _PASSED_ON_HEADERS = ("Allow",)
 
