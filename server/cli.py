@@ -23,7 +23,8 @@ from server.domain import MixauthError
 from server.hashing import PasswordHasher
 from server.logs import configure_logging
 from server.service import register_user
-from server.storage.sqlite import StorageError, open_store
+from server.storage import StorageError
+from server.storage.sqlite import open_store
 from server.web.app import JsonAccessLogger, auth_policy, create_app
 
 
@@ -93,6 +94,8 @@ def serve(settings: Settings) -> int:
             print=None,
         )
     except OSError as exc:
+        if exc.filename is not None:
+            raise CommandError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
         raise CommandError(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -73,7 +72,3 @@ def bind_request(**fields: Any) -> None:
     """Start a fresh log context for one request (each request runs in its own task and context copy)."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**fields)
-
-
-def context() -> MutableMapping[str, Any]:
-    return structlog.contextvars.get_contextvars()

@@ -98,9 +98,10 @@ class AuthService:
         Requests that are not made by an admin (or a holder of a create scope) are rate limited first, so
         every attempt counts, valid or not.
         """
-        if principal is None or not principal.has_any_scope(self._policy.signup_bypass_scopes):
+        privileged = principal is not None and principal.has_any_scope(self._policy.signup_bypass_scopes)
+        if not privileged:
             await self._charge_signup(body, client_ip)
-        user = await self.create_user(body, DEFAULT_SCOPE, via="api" if principal is None else "admin_api")
+        user = await self.create_user(body, DEFAULT_SCOPE, via="admin_api" if privileged else "api")
         if principal is None:
             structlog.contextvars.bind_contextvars(user_id=user.id)
         return self._tokens.issue(user.id, user.scope)

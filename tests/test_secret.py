@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from server.storage import StorageError
 from server.storage.secret import SECRET_BYTES, SECRET_FILE, load_or_create_secret
 
 
@@ -45,7 +46,7 @@ def test_different_data_directories_get_different_secrets(tmp_path: Path) -> Non
 def test_a_corrupt_or_short_file_raises_a_clear_value_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / SECRET_FILE
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=r"does not hold a valid secret; remove it to generate a new one") as info:
+    with pytest.raises(StorageError, match=r"does not hold a valid secret; remove it to generate a new one") as info:
         load_or_create_secret(tmp_path)
     assert str(path) in str(info.value)
     assert path.read_bytes() == content  # left as it was, for a person to look at

@@ -214,3 +214,31 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     err_lines = [line for line in result.stderr.decode().splitlines() if line.startswith("mixauth:")]
     assert len(err_lines) == 1
     assert str(port) in err_lines[0]
+
+
+@pytest.mark.parametrize("problem", ["data_dir_is_a_file", "corrupt_secret", "not_a_database"])
+def test_an_unusable_data_directory_is_one_clear_line(tmp_path: Path, problem: str) -> None:
+    data_dir = tmp_path / "data"
+    if problem == "data_dir_is_a_file":
+        data_dir.write_text("a file where the data directory should be")
+    else:
+        data_dir.mkdir()
+        if problem == "corrupt_secret":
+            (data_dir / "jwt-secret").write_text("short")
+        else:
+            (data_dir / "mixauth.sqlite3").write_text("not a database " * 100)
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--port", str(free_port()), "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env=base_env(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mixauth: ")
+    assert str(data_dir) in lines[0]

@@ -16,8 +16,8 @@ import pytest
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken, UserStore
 from server.security import identifier_key, new_user_id
-from server.storage import sqlite
-from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore, StorageError
+from server.storage import StorageError, sqlite
+from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore
 
 OpenStore = Callable[[Path], AbstractAsyncContextManager[UserStore]]
 

@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from server.storage import StorageError
+
 SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 SECRET_BYTES = 64
 MIN_SECRET_BYTES = 32
@@ -49,7 +51,7 @@ def _read(path: Path) -> bytes:
     except ValueError:
         secret = b""
     if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"{path} does not hold a valid secret; remove it to generate a new one")
+        raise StorageError(f"{path} does not hold a valid secret; remove it to generate a new one")
     return secret
 
 

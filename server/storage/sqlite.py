@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken
+from server.storage import StorageError
 
 DATABASE_FILE = "mixauth.sqlite3"
 
@@ -51,10 +52,6 @@ _SELECT = "SELECT id, username, email, scope, plan, is_active, password_hash, me
 _SELECT_BY_ID = _SELECT + "id = ?"
 _SELECT_BY_USERNAME_KEY = _SELECT + "username_key = ?"
 _SELECT_BY_EMAIL_KEY = _SELECT + "email_key = ?"
-
-
-class StorageError(Exception):
-    """The database could not be opened or migrated."""
 
 
 class SqliteUserStore:

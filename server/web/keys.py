@@ -23,6 +23,5 @@ OPEN = Requirement()
 SERVICE = web.AppKey("service", AuthService)
 ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
 
-REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 from server.domain import AuthenticationRequired, MixauthError
 from server.logs import bind_request
 from server.web.bodies import MAX_BODY_BYTES, error_response
-from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, REQUEST_ID, SERVICE
+from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE
 
 log = structlog.get_logger("mixauth.http")
 
@@ -41,7 +41,6 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     client_ip = request.remote or "unknown"
-    request[REQUEST_ID] = request_id
     request[CLIENT_IP] = client_ip
     bind_request(request_id=request_id, client_ip=client_ip)
     response = await handler(request)
