@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import pty
+import re
+import select
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,8 @@ from server.cli import main
 from server.security import USER_ID_PATTERN
 from server.storage.sqlite import open_store
 from tests.conftest import PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("restore_logging")  # create-user configures logging for the process
 
@@ -118,3 +126,49 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"], environ={})
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("mixauth ")
+
+
+def read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise AssertionError(f"no {marker!r} in {seen!r}")
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+# The child execs at once, so threads left in the test process (Python 3.12 warns of them) do not matter.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize(("second", "ok"), [("typed-secret-1", True), ("typed-secret-2", False)])
+def test_on_a_terminal_the_password_is_prompted_for_twice_without_echo(tmp_path: Path, second: str, ok: bool) -> None:
+    argv = [sys.executable, "-m", "server", "create-user", "--username", "u", "--email", "u@example.com"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATA_DIR": str(tmp_path / "data"), "BCRYPT_ROUNDS": "4"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a real terminal is its stdin, stdout and controlling tty
+        os.chdir(tmp_path)
+        os.execve(sys.executable, argv, env)  # noqa: S606 (a fixed argv, no shell)
+    try:
+        transcript = read_until(fd, b"Password: ")
+        os.write(fd, b"typed-secret-1\n")
+        transcript += read_until(fd, b"Repeat password: ")
+        os.write(fd, second.encode() + b"\n")
+        transcript += read_until(fd, b"\n" * 100, timeout=20)  # read to the end
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"typed-secret" not in transcript  # nothing typed was echoed
+    if ok:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert re.search(rb"\b[0-9a-f]{24}\b", transcript)
+        assert stored(tmp_path / "data", "u") is not None
+    else:
+        assert os.waitstatus_to_exitcode(status) == 1
+        assert b"mixauth: the passwords do not match" in transcript

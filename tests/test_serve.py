@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,37 +66,53 @@ async def wait_until_serving(port: int, process: subprocess.Popen[bytes], deadli
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
         self.process = process
         self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
 
     def stop(self) -> tuple[int, list[dict[str, Any]], str]:
         """SIGTERM, then the exit code, the parsed stdout log lines and stderr."""
         self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=15)
-        lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+        _, err = self.process.communicate(timeout=15)
+        lines = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
         return self.process.returncode, lines, err.decode()
 
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
+
+async def start_server(tmp_path: Path, name: str = "server") -> Server:
+    """Run the image's own command; only the address, port and data directory are moved onto this machine's
+    loopback and a temporary directory, and the interpreter is the one running the tests."""
     command, image_env = dockerfile_start()
     assert command[0] == "python3"
     port = free_port()
     env = base_env(**image_env)
-    # The image's own command; only the address, port and data directory are moved onto this machine's
-    # loopback and a temporary directory, and the interpreter is the one running the tests.
     env.update(HOST="127.0.0.1", PORT=str(port), DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
-    process = subprocess.Popen(
-        [sys.executable, *command[1:]], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, *command[1:]], cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.PIPE
+        )
+    server = Server(process, port, log_path)
     try:
         await wait_until_serving(port, process)
-        yield Server(process, port)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    server = await start_server(tmp_path)
+    try:
+        yield server
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        server.kill()
 
 
 def test_dockerfile_runs_as_non_root_with_data_in_a_volume() -> None:
@@ -242,3 +259,37 @@ def test_an_unusable_data_directory_is_one_clear_line(tmp_path: Path, problem: s
     assert len(lines) == 1, err
     assert lines[0].startswith("mixauth: ")
     assert str(data_dir) in lines[0]
+
+
+async def test_acknowledged_signups_survive_kill_9(tmp_path: Path) -> None:
+    first = await start_server(tmp_path, "first")
+    try:
+        async with aiohttp.ClientSession(first.url) as http:
+
+            async def signup(n: int) -> tuple[int, str, str]:
+                body = {"username": f"user{n}", "email": f"user{n}@example.com", "password": f"password-{n}"}
+                response = await http.post("/user", json=body)
+                token = (await response.json()).get("token", "") if response.status == 200 else ""
+                return response.status, body["username"], token
+
+            results = await asyncio.gather(*(signup(n) for n in range(40)))
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.kill()
+    acknowledged = [(username, token) for status, username, token in results if status == 200]
+    assert len(acknowledged) == 40
+
+    second = await start_server(tmp_path, "second")
+    try:
+        async with aiohttp.ClientSession(second.url) as http:
+            for username, token in acknowledged:
+                password = "password-" + username.removeprefix("user")
+                signed_in = await http.post("/user/auth", json={"username": username, "password": password})
+                assert signed_in.status == 200, username
+                me = await http.get("/user", headers={"Authorization": f"Bearer {token}"})
+                assert me.status == 200
+                assert (await me.json())["username"] == username
+    finally:
+        second.stop()
+    with sqlite3.connect(tmp_path / "data" / "mixauth.sqlite3") as database:
+        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
