@@ -23,10 +23,9 @@ class MemoryRateLimiter:
     def __init__(self, clock: Clock = time.monotonic, sweep_interval: float = 60.0) -> None:
         self._clock = clock
         self._sweep_interval = sweep_interval
-        # (rule name, key) -> (tokens, when they were counted); absent means full.
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        # (rule, key) -> (tokens, when they were counted); absent means full.
+        self._buckets: dict[tuple[Rule, str], tuple[float, float]] = {}
         self._next_sweep = clock() + sweep_interval
-        self._rules: dict[str, Rule] = {}
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -45,9 +44,8 @@ class MemoryRateLimiter:
             if tokens < 1.0 - _EPSILON:
                 return Decision(allowed=False, rule=rule, retry_after=(1.0 - tokens) / rule.refill_per_second)
             levels.append(tokens)
-        for (rule, key), tokens in zip(buckets, levels, strict=True):
-            self._rules[rule.name] = rule
-            self._buckets[(rule.name, key)] = (max(0.0, tokens - 1.0), now)
+        for bucket, tokens in zip(buckets, levels, strict=True):
+            self._buckets[bucket] = (max(0.0, tokens - 1.0), now)
         return ALLOWED
 
     def sweep(self) -> None:
@@ -55,15 +53,15 @@ class MemoryRateLimiter:
         now = self._clock()
         self._next_sweep = now + self._sweep_interval
         full = [
-            bucket
-            for bucket, (tokens, counted_at) in self._buckets.items()
-            if self._refilled(self._rules[bucket[0]], tokens, counted_at, now) >= self._rules[bucket[0]].capacity
+            (rule, key)
+            for (rule, key), (tokens, counted_at) in self._buckets.items()
+            if self._refilled(rule, tokens, counted_at, now) >= rule.capacity
         ]
         for bucket in full:
             del self._buckets[bucket]
 
     def _level(self, rule: Rule, key: str, now: float) -> float:
-        state = self._buckets.get((rule.name, key))
+        state = self._buckets.get((rule, key))
         if state is None:
             return float(rule.capacity)
         return self._refilled(rule, state[0], state[1], now)
