@@ -8,11 +8,11 @@ import os
 import secrets
 from pathlib import Path
 
+from server.config import MIN_SECRET_BYTES
 from server.storage import StorageError
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 SECRET_BYTES = 64
-MIN_SECRET_BYTES = 32
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
