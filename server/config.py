@@ -7,12 +7,15 @@ list, and a test keeps the two in step.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MIN_SECRET_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -38,6 +41,14 @@ class Settings:
     user_signup_rate_limit_email_window_ms: int = 3_600_000
     user_signup_rate_limit_ip: int = 50
     user_signup_rate_limit_ip_window_ms: int = 3_600_000
+    user_signin_rate_limit_account: int = 100
+    user_signin_rate_limit_account_window_ms: int = 3_600_000
+    user_signin_rate_limit_ip: int = 300
+    user_signin_rate_limit_ip_window_ms: int = 3_600_000
+    rate_limit_max_buckets: int = 200_000
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    hash_workers: int | None = None
+    hash_queue_limit: int = 32
     password_min_length: int = 6
     default_plan: str = "free"
     log_level: str = "info"
@@ -123,6 +134,30 @@ def parse_scopes(value: Any) -> tuple[str, ...]:
     return scopes
 
 
+def parse_networks(value: Any) -> tuple[IPNetwork, ...]:
+    """Comma-separated IP addresses and CIDR ranges (or, in the file, a list); empty means none."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ValueError(f"expected a comma-separated list of addresses and CIDR ranges, got {value!r}")
+    networks: list[IPNetwork] = []
+    for item in filter(None, items):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+    return tuple(dict.fromkeys(networks))
+
+
+def _workers(value: Any) -> int | None:
+    """A thread count, or ``auto`` (and 0) for one per CPU."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return _int_between(0, 256)(value) or None
+
+
 def _log_level(value: Any) -> str:
     level = _text(value).lower()
     if level not in LOG_LEVELS:
@@ -145,6 +180,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("user_signup_rate_limit_email_window_ms", _WINDOW_MS, "Email signup window in milliseconds."),
     Option("user_signup_rate_limit_ip", _LIMIT, "Signup attempts allowed per client IP per window."),
     Option("user_signup_rate_limit_ip_window_ms", _WINDOW_MS, "IP signup window in milliseconds."),
+    Option("user_signin_rate_limit_account", _LIMIT, "Failed sign-ins allowed per account per window."),
+    Option("user_signin_rate_limit_account_window_ms", _WINDOW_MS, "Account sign-in window in milliseconds."),
+    Option("user_signin_rate_limit_ip", _LIMIT, "Failed sign-ins allowed per client IP per window."),
+    Option("user_signin_rate_limit_ip_window_ms", _WINDOW_MS, "IP sign-in window in milliseconds."),
+    Option(
+        "rate_limit_max_buckets",
+        _int_between(1000, 100_000_000),
+        "Most rate-limit buckets kept in memory; past it the least recently used is forgotten.",
+    ),
+    Option(
+        "trusted_proxies",
+        parse_networks,
+        "Proxies (addresses, CIDR ranges) whose X-Forwarded-For is believed; empty trusts none.",
+    ),
+    Option("hash_workers", _workers, "Threads hashing passwords; auto (or 0) means one per CPU."),
+    Option(
+        "hash_queue_limit",
+        _int_between(0, 100_000),
+        "Password checks allowed to wait for a thread; past it, sign-in and signup answer 503.",
+    ),
     Option("password_min_length", _int_between(6, 72), "Minimum password length in characters (6 to 72)."),
     Option("default_plan", _text, "Plan given to new users."),
     Option("log_level", _log_level, "Lowest level logged: debug, info, warning or error."),

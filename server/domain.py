@@ -12,7 +12,8 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── InvalidUsername (400 invalid_username)
     │   ├── InvalidEmail (400 invalid_email)
     │   ├── PasswordTooShort (400 password_too_short)
-    │   └── PasswordTooLong (400 password_too_long)
+    │   ├── PasswordTooLong (400 password_too_long)
+    │   └── InvalidForwardedFor (400 invalid_forwarded_for)
     ├── AuthenticationRequired (401 authentication_required)
     │   └── InvalidToken (401 invalid_token)
     ├── InsufficientScope (403 insufficient_scope)
@@ -21,9 +22,11 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── UsernameTaken (409 username_taken)
     │   └── EmailTaken (409 email_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
-    └── RateLimited (429 rate_limited)
-        ├── SignupEmailRateLimited (429 signup_email_rate_limited)
-        └── SignupIpRateLimited (429 signup_ip_rate_limited)
+    ├── RateLimited (429 rate_limited)
+    │   ├── SignupEmailRateLimited (429 signup_email_rate_limited)
+    │   ├── SignupIpRateLimited (429 signup_ip_rate_limited)
+    │   └── SignInThrottled (429 signin_throttled)
+    └── Overloaded (503 overloaded)
 """
 
 from __future__ import annotations
@@ -147,6 +150,13 @@ class PasswordTooLong(InvalidRequest):
     code = "password_too_long"
 
 
+class InvalidForwardedFor(InvalidRequest):
+    """A trusted proxy sent an X-Forwarded-For header that does not parse as a list of IP addresses."""
+
+    code = "invalid_forwarded_for"
+    default_message = "The X-Forwarded-For header is malformed."
+
+
 class AuthenticationRequired(MixauthError):
     status = 401
     code = "authentication_required"
@@ -232,6 +242,23 @@ class SignupIpRateLimited(RateLimited):
     default_message = "Too many signup attempts from your IP address. Please try again later."
 
 
+class SignInThrottled(RateLimited):
+    code = "signin_throttled"
+    default_message = "Too many failed sign-in attempts. Please try again later."
+
+
+class Overloaded(MixauthError):
+    """Password hashing is saturated: the request was refused at once rather than queued without end."""
+
+    status = 503
+    code = "overloaded"
+    default_message = "The server is busy. Please try again shortly."
+    retry_after = 1
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class UserStore(Protocol):
     """Where users live. Uniqueness of ``username_key`` and ``email_key`` is the backend's job."""
 
@@ -280,3 +307,11 @@ class RateLimiter(Protocol):
     """
 
     async def hit(self, buckets: Sequence[tuple[Rule, str]]) -> Decision: ...
+
+    async def refund(self, buckets: Sequence[tuple[Rule, str]]) -> None:
+        """Give one token back to each bucket (never above capacity): for a hit that turned out not to count."""
+        ...
+
+    async def reset(self, buckets: Sequence[tuple[Rule, str]]) -> None:
+        """Refill each bucket to capacity."""
+        ...

@@ -6,6 +6,7 @@ log event per auth event, and raises domain errors only; it knows nothing of HTT
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -20,9 +21,11 @@ from server.domain import (
     MissingField,
     MixauthError,
     NewUser,
+    Overloaded,
     Principal,
     RateLimiter,
     Rule,
+    SignInThrottled,
     SignupEmailRateLimited,
     SignupIpRateLimited,
     User,
@@ -43,6 +46,8 @@ class AuthPolicy:
 
     signup_email_rule: Rule
     signup_ip_rule: Rule
+    signin_account_rule: Rule
+    signin_ip_rule: Rule
     create_scopes: frozenset[str] = frozenset()
     password_min_length: int = 6
     default_plan: str = "free"
@@ -109,24 +114,56 @@ class AuthService:
     async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:
         return await register_user(self._store, self._hasher, self._policy, body, scope, via)
 
-    async def sign_in(self, body: Mapping[str, Any]) -> SignIn:
-        """Check a username-or-email and password; the same InvalidCredentials for every failure."""
+    async def sign_in(self, body: Mapping[str, Any], client_ip: str) -> SignIn:
+        """Check a username-or-email and password; the same InvalidCredentials for every failure.
+
+        Failures are throttled per account and per client IP. The tokens are taken before the password is
+        checked, so concurrent guesses cannot overrun a bucket, and given back when the sign-in succeeds
+        (the account's bucket is refilled) or never reached bcrypt (Overloaded).
+        """
         password_text = validation.required_string(body, "password")
         username = validation.optional_string(body, "username")
         email = validation.optional_string(body, "email")
         if username is not None and username.strip():
-            identified_by, user = "username", await self._store.get_by_username(identifier_key(username))
+            identified_by, name_key = "username", identifier_key(username)
+            user = await self._store.get_by_username(name_key)
         elif email is not None and email.strip():
-            identified_by, user = "email", await self._store.get_by_email(identifier_key(email))
+            identified_by, name_key = "email", identifier_key(email)
+            user = await self._store.get_by_email(name_key)
         else:
             raise MissingField("A username or an email is required.")
         password = validation.sign_in_password(password_text)
+        user_id = user.id if user is not None else None
+        account = (self._policy.signin_account_rule, f"id:{user.id}" if user is not None else f"name:{name_key}")
+        address = (self._policy.signin_ip_rule, client_key(client_ip))
+        decision = await self._limiter.hit([account, address])
+        if not decision.allowed:
+            limit = "account" if decision.rule == self._policy.signin_account_rule else "ip"
+            log.warning(
+                "user.signin.throttled",
+                limit=limit,
+                identified_by=identified_by,
+                user_id=user_id,
+                retry_after=round(decision.retry_after, 3),
+            )
+            raise SignInThrottled(decision.retry_after)
+        try:
+            if user is None:
+                await self._hasher.waste(password)
+                matched = False
+            else:
+                matched = await self._hasher.verify(password, user.password_hash)
+        except Overloaded:
+            await self._limiter.refund([account, address])
+            log.warning("user.signin.overloaded", identified_by=identified_by, user_id=user_id)
+            raise
         if user is None:
-            await self._hasher.waste(password)
             self._reject_sign_in("unknown_user", identified_by)
-        if not await self._hasher.verify(password, user.password_hash):
+        if not matched:
             reason = "password_too_long" if len(password) > BCRYPT_MAX_BYTES else "wrong_password"
             self._reject_sign_in(reason, identified_by, user.id)
+        await self._limiter.reset([account])
+        await self._limiter.refund([address])
         structlog.contextvars.bind_contextvars(user_id=user.id)
         log.info("user.signin.succeeded", identified_by=identified_by)
         return SignIn(user, self._tokens.issue(user.id, user.scope))
@@ -141,7 +178,7 @@ class AuthService:
         email = body.get("email")
         if isinstance(email, str) and email.strip():
             buckets.append((self._policy.signup_email_rule, identifier_key(email)))
-        buckets.append((self._policy.signup_ip_rule, client_ip))
+        buckets.append((self._policy.signup_ip_rule, client_key(client_ip)))
         decision = await self._limiter.hit(buckets)
         if decision.allowed:
             return
@@ -154,6 +191,22 @@ class AuthService:
         if email_limited:
             raise SignupEmailRateLimited(decision.retry_after)
         raise SignupIpRateLimited(decision.retry_after)
+
+
+def client_key(client_ip: str) -> str:
+    """The rate-limit key for a client address: IPv6 clients by their /64 network, which one host controls.
+
+    IPv4-mapped IPv6 addresses count as the IPv4 address; anything unparseable is used as given.
+    """
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 async def register_user(

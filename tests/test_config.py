@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_duration, parse_scopes
+from server.config import OPTIONS, OPTIONS_BY_KEY, ConfigError, Settings, load_settings, parse_duration, parse_scopes
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 GOOD_SECRET = "s" * 32
@@ -424,3 +424,14 @@ def test_scopes_as_a_toml_list(workdir: Path) -> None:
 def test_parse_scopes_refuses(raw: object) -> None:
     with pytest.raises(ValueError, match="scope"):
         parse_scopes(raw)
+
+
+@pytest.mark.parametrize(("raw", "workers"), [("auto", None), ("AUTO", None), ("0", None), ("3", 3), (2, 2)])
+def test_hash_workers_are_a_count_or_auto(raw: object, workers: int | None) -> None:
+    assert OPTIONS_BY_KEY["hash_workers"].parse(raw) == workers
+
+
+def test_trusted_proxies_come_from_the_environment_as_a_list() -> None:
+    settings = load_settings(None, {"TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
+    assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert settings.sources["trusted_proxies"] == "env"

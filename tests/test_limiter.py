@@ -206,39 +206,94 @@ def test_a_dropped_bucket_starts_again_full(clock: FakeClock) -> None:
     assert not limiter.hit_now([(SMALL, "k")]).allowed
 
 
-def test_hits_sweep_once_the_interval_has_passed(clock: FakeClock) -> None:
-    limiter = MemoryRateLimiter(clock, sweep_interval=60.0)
-    assert limiter.hit_now([(SMALL, "idle")]).allowed
-    clock.advance(60.0)  # the idle bucket has refilled, and the sweep interval is over
+def test_each_hit_drops_refilled_buckets_at_the_old_end(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    for n in range(3):
+        assert limiter.hit_now([(SMALL, f"idle-{n}")]).allowed
+    clock.advance(SMALL.window)  # all three idle buckets have refilled
     assert limiter.hit_now([(SMALL, "busy")]).allowed
-    assert len(limiter) == 1  # only "busy"; "idle" was swept
+    assert len(limiter) == 2  # two idle buckets dropped by this hit (two per hit), plus "busy"
+    assert limiter.hit_now([(SMALL, "busy")]).allowed
+    assert len(limiter) == 1
 
 
-def test_refused_hits_sweep_too(clock: FakeClock) -> None:
-    limiter = MemoryRateLimiter(clock, sweep_interval=60.0)
-    drain(limiter, SINGLE, "empty")
+def test_refused_hits_drop_refilled_buckets_too(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock)
     assert limiter.hit_now([(SMALL, "idle")]).allowed
-    clock.advance(60.0)  # "idle" is full again; "empty" holds 0.6 of a token
+    drain(limiter, SINGLE, "empty")
+    clock.advance(SMALL.window)  # "idle" is full again; "empty" is not
     assert not limiter.hit_now([(SINGLE, "empty")]).allowed
     assert len(limiter) == 1
 
 
-def test_hits_do_not_sweep_before_the_interval(clock: FakeClock) -> None:
-    limiter = MemoryRateLimiter(clock, sweep_interval=10_000.0)
+def test_dropping_stops_at_the_oldest_bucket_that_has_not_refilled(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    drain(limiter, HOURLY, "slow")
     assert limiter.hit_now([(SMALL, "idle")]).allowed
-    clock.advance(SMALL.window)
-    assert limiter.hit_now([(SMALL, "busy")]).allowed
+    clock.advance(SMALL.window)  # "idle" has refilled, but the older "slow" has not: a hit does O(1) work
+    limiter.hit_now([(SINGLE, "other")])
+    assert len(limiter) == 3
+    limiter.sweep()  # a full pass finds it
     assert len(limiter) == 2
 
 
 def test_idle_keys_cost_no_memory_in_the_long_run(clock: FakeClock) -> None:
-    limiter = MemoryRateLimiter(clock, sweep_interval=60.0)
+    limiter = MemoryRateLimiter(clock)
     for n in range(100):
         assert limiter.hit_now([(SMALL, f"key-{n}")]).allowed
     assert len(limiter) == 100
-    clock.advance(SMALL.window + 60.0)
-    limiter.hit_now([(SINGLE, "someone-else")])
+    clock.advance(SMALL.window)
+    for _ in range(50):
+        limiter.hit_now([(SINGLE, "someone-else")])
     assert len(limiter) == 1
+
+
+def test_the_cap_evicts_the_least_recently_changed_bucket(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock, max_buckets=3)
+    for key in ("a", "b", "c"):
+        drain(limiter, SMALL, key)
+    assert not limiter.hit_now([(SMALL, "a")]).allowed  # a refused hit changes nothing, so "a" stays oldest
+    clock.advance(1.0)
+    assert limiter.hit_now([(HOURLY, "b")]).allowed  # a new bucket: "a" is evicted
+    assert len(limiter) == 3
+    assert limiter.evictions == 1
+    drain(limiter, SMALL, "a")  # "a" forgot its history and starts again from a full bucket
+    assert limiter.evictions == 2  # and coming back evicted the next oldest, "b" under SMALL
+
+
+def test_memory_stays_bounded_under_a_flood_of_distinct_keys(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock, max_buckets=1000)
+    for n in range(20_000):
+        assert limiter.hit_now([(HOURLY, f"flood-{n}@example.com"), (HOURLY, f"10.{n // 256 % 256}.{n % 256}.1")])
+        assert len(limiter) <= 1000
+    assert limiter.evictions > 0
+
+
+def test_the_cap_must_allow_a_bucket() -> None:
+    with pytest.raises(ValueError, match="max_buckets"):
+        MemoryRateLimiter(max_buckets=0)
+
+
+async def test_refund_gives_back_one_token_and_never_more_than_capacity(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    drain(limiter, SMALL, "k")
+    await limiter.refund([(SMALL, "k")])
+    assert limiter.hit_now([(SMALL, "k")]).allowed
+    assert not limiter.hit_now([(SMALL, "k")]).allowed
+    for _ in range(SMALL.capacity + 5):
+        await limiter.refund([(SMALL, "k")])
+    assert len(limiter) == 0  # full again, so dropped
+    drain(limiter, SMALL, "k")  # exactly capacity tokens, not more
+    assert not limiter.hit_now([(SMALL, "k")]).allowed
+
+
+async def test_reset_refills_only_the_buckets_it_names(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    drain(limiter, SMALL, "a")
+    drain(limiter, SMALL, "b")
+    await limiter.reset([(SMALL, "a")])
+    drain(limiter, SMALL, "a")
+    assert not limiter.hit_now([(SMALL, "b")]).allowed
 
 
 async def test_async_hit_agrees_with_hit_now() -> None:

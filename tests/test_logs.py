@@ -84,7 +84,7 @@ async def test_an_unexpected_fault_is_logged_with_its_request_id(make_client: Cl
     configure_logging("info", stream=stream)
     client: TestClient[Any, Any] = await make_client()
 
-    async def explode(body: Any) -> Any:
+    async def explode(body: Any, client_ip: str) -> Any:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(client.app[SERVICE], "sign_in", explode)

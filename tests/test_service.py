@@ -69,8 +69,30 @@ class FakeUserStore:
         user_id = self._ids_by_email.get(email_key)
         return None if user_id is None else self.by_id[user_id]
 
-    def set_scope(self, user_id: str, scope: tuple[str, ...]) -> None:
-        self.by_id[user_id] = dataclasses.replace(self.by_id[user_id], scope=scope)
+    async def list_users(self, *, scope: str | None = None, limit: int = 100, after: str | None = None) -> list[User]:
+        users = sorted(self.by_id.values(), key=lambda user: user.id)
+        chosen = [u for u in users if (after is None or u.id > after) and (scope is None or scope in u.scope)]
+        return chosen[:limit]
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        return self._replace(user_id, password_hash=password_hash)
+
+    async def set_scope(self, user_id: str, scope: tuple[str, ...]) -> bool:
+        return self._replace(user_id, scope=scope)
+
+    async def delete(self, user_id: str) -> bool:
+        user = self.by_id.pop(user_id, None)
+        if user is None:
+            return False
+        self._ids_by_username = {key: uid for key, uid in self._ids_by_username.items() if uid != user_id}
+        self._ids_by_email = {key: uid for key, uid in self._ids_by_email.items() if uid != user_id}
+        return True
+
+    def _replace(self, user_id: str, **changes: Any) -> bool:
+        if user_id not in self.by_id:
+            return False
+        self.by_id[user_id] = dataclasses.replace(self.by_id[user_id], **changes)
+        return True
 
     def only_user(self) -> User:
         (user,) = self.by_id.values()
@@ -94,10 +116,18 @@ class CountingHasher(PasswordHasher):
         await super().waste(password)
 
 
-def policy(email_capacity: int = 10, ip_capacity: int = 50, **changes: Any) -> AuthPolicy:
+def policy(
+    email_capacity: int = 10,
+    ip_capacity: int = 50,
+    account_capacity: int = 100,
+    signin_ip_capacity: int = 300,
+    **changes: Any,
+) -> AuthPolicy:
     return AuthPolicy(
         signup_email_rule=Rule("signup_email", email_capacity, HOUR),
         signup_ip_rule=Rule("signup_ip", ip_capacity, HOUR),
+        signin_account_rule=Rule("signin_account", account_capacity, HOUR),
+        signin_ip_rule=Rule("signin_ip", signin_ip_capacity, HOUR),
         **changes,
     )
 
@@ -238,7 +268,7 @@ async def test_sign_in_by_username_or_email_ignores_case_and_space(
     service: AuthService, store: FakeUserStore, codec: TokenCodec, identifier: dict[str, str]
 ) -> None:
     await service.sign_up(body("Alice", "Alice@Example.com"), IP, None)
-    result = await service.sign_in({**identifier, "password": PASSWORD})
+    result = await service.sign_in({**identifier, "password": PASSWORD}, IP)
     user = store.only_user()
     assert result.user == user
     claims = codec.verify(result.token)
@@ -248,13 +278,13 @@ async def test_sign_in_by_username_or_email_ignores_case_and_space(
 
 async def test_a_username_wins_over_an_email(service: AuthService, store: FakeUserStore) -> None:
     await service.sign_up(body("Alice", "alice@example.com"), IP, None)
-    result = await service.sign_in({"username": "alice", "email": "nobody@example.com", "password": PASSWORD})
+    result = await service.sign_in({"username": "alice", "email": "nobody@example.com", "password": PASSWORD}, IP)
     assert result.user == store.only_user()
 
 
 async def test_sign_in_without_an_identifier_is_a_missing_field(service: AuthService) -> None:
     with pytest.raises(MissingField):
-        await service.sign_in({"password": PASSWORD, "username": "  "})
+        await service.sign_in({"password": PASSWORD, "username": "  "}, IP)
 
 
 async def test_an_unknown_user_is_invalid_credentials_after_one_bcrypt_check(
@@ -262,7 +292,7 @@ async def test_an_unknown_user_is_invalid_credentials_after_one_bcrypt_check(
 ) -> None:
     await service.sign_up(body(), IP, None)
     with pytest.raises(InvalidCredentials):
-        await service.sign_in({"username": "nobody", "password": PASSWORD})
+        await service.sign_in({"username": "nobody", "password": PASSWORD}, IP)
     assert hasher.waste_calls == 1
     assert hasher.verify_calls == 1  # the dummy check, run through verify
 
@@ -270,11 +300,11 @@ async def test_an_unknown_user_is_invalid_credentials_after_one_bcrypt_check(
 async def test_a_wrong_password_is_the_same_invalid_credentials(service: AuthService, hasher: CountingHasher) -> None:
     await service.sign_up(body(), IP, None)
     with pytest.raises(InvalidCredentials) as wrong_password:
-        await service.sign_in({"username": "alice", "password": PASSWORD + "!"})
+        await service.sign_in({"username": "alice", "password": PASSWORD + "!"}, IP)
     assert hasher.verify_calls == 1
     assert hasher.waste_calls == 0
     with pytest.raises(InvalidCredentials) as unknown_user:
-        await service.sign_in({"username": "nobody", "password": PASSWORD})
+        await service.sign_in({"username": "nobody", "password": PASSWORD}, IP)
     assert str(wrong_password.value) == str(unknown_user.value)
 
 
@@ -290,7 +320,7 @@ async def test_a_password_over_72_bytes_is_invalid_credentials(
     await service.sign_up(body(password="a" * 72), IP, None)
     for identifier in ({"username": "alice"}, {"username": "nobody"}):
         with pytest.raises(InvalidCredentials):
-            await service.sign_in({**identifier, "password": password})
+            await service.sign_in({**identifier, "password": password}, IP)
     assert hasher.verify_calls == 2
     assert hasher.waste_calls == 1
 
@@ -307,7 +337,7 @@ async def test_authenticate_gives_the_scopes_stored_now(
     assert principal.user == store.only_user()
     assert principal.scopes == frozenset({"user"})
 
-    store.set_scope(user_id, ("admin", "billing"))
+    assert await store.set_scope(user_id, ("admin", "billing"))
     principal = await service.authenticate(token)
     assert codec.verify(token).scope == ("user",)
     assert principal.user.id == user_id
@@ -492,7 +522,7 @@ async def test_sign_in_logs_success_and_each_failure_reason(service: AuthService
     await service.sign_up(body(), IP, None)
     user_id = store.only_user().id
     with capture_logs() as logs:
-        await service.sign_in({"email": "alice@example.com", "password": PASSWORD})
+        await service.sign_in({"email": "alice@example.com", "password": PASSWORD}, IP)
     assert [(entry["event"], entry["identified_by"]) for entry in logs] == [("user.signin.succeeded", "email")]
 
     attempts = [
@@ -502,7 +532,7 @@ async def test_sign_in_logs_success_and_each_failure_reason(service: AuthService
     ]
     for attempt, reason, logged_user_id in attempts:
         with capture_logs() as logs, pytest.raises(InvalidCredentials):
-            await service.sign_in(attempt)
+            await service.sign_in(attempt, IP)
         assert [entry["event"] for entry in logs] == ["user.signin.failed"]
         assert logs[0]["reason"] == reason
         assert logs[0]["identified_by"] == "username"
@@ -546,14 +576,14 @@ async def test_no_event_holds_a_password_token_or_hash(
     long_password = PASSWORD + "-" + "z" * 80
     with capture_logs() as logs:
         token = await service.sign_up(body(), IP, None)
-        signed_in = await service.sign_in({"username": "alice", "password": PASSWORD})
+        signed_in = await service.sign_in({"username": "alice", "password": PASSWORD}, IP)
         for attempt in (
             {"username": "alice", "password": "wrong-" + PASSWORD},
             {"email": "nobody@example.com", "password": PASSWORD},
             {"username": "alice", "password": long_password},
         ):
             with pytest.raises(InvalidCredentials):
-                await service.sign_in(attempt)
+                await service.sign_in(attempt, IP)
         with pytest.raises(PasswordTooShort):
             await service.sign_up(body("bob", "alice@example.com", password="abc"), IP, None)
         with pytest.raises(SignupEmailRateLimited):

@@ -27,7 +27,7 @@ from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
-from server.web.keys import ACCESS_RULES, SERVICE, Requirement
+from server.web.keys import ACCESS_RULES, SERVICE, TRUSTED_PROXIES, Requirement
 from server.web.middleware import bearer_auth, error_mapping, request_context
 
 Clock = Callable[[], float]
@@ -45,6 +45,16 @@ def auth_policy(settings: Settings) -> AuthPolicy:
             settings.user_signup_rate_limit_ip,
             settings.user_signup_rate_limit_ip_window_ms / 1000,
         ),
+        signin_account_rule=Rule(
+            "signin_account",
+            settings.user_signin_rate_limit_account,
+            settings.user_signin_rate_limit_account_window_ms / 1000,
+        ),
+        signin_ip_rule=Rule(
+            "signin_ip",
+            settings.user_signin_rate_limit_ip,
+            settings.user_signin_rate_limit_ip_window_ms / 1000,
+        ),
         create_scopes=frozenset(settings.api_user_create_scope),
         password_min_length=settings.password_min_length,
         default_plan=settings.default_plan,
@@ -57,6 +67,8 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> web.Appl
         middlewares=[request_context, error_mapping, bearer_auth],
         client_max_size=MAX_BODY_BYTES,
     )
+    app[TRUSTED_PROXIES] = settings.trusted_proxies
+    app.on_response_prepare.append(_security_headers)
     app[ACCESS_RULES] = {
         "get_user": Requirement(authenticated=True),
         "create_user": Requirement(scopes=frozenset(settings.api_user_create_scope)),
@@ -68,14 +80,14 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> web.Appl
             if settings.jwt_secret is not None
             else await asyncio.to_thread(load_or_create_secret, settings.data_dir)
         )
-        hasher = PasswordHasher(settings.bcrypt_rounds)
+        hasher = PasswordHasher(settings.bcrypt_rounds, settings.hash_workers, settings.hash_queue_limit)
         try:
             async with open_store(settings.data_dir) as store:
                 app[SERVICE] = AuthService(
                     store=store,
                     hasher=hasher,
                     tokens=TokenCodec(secret, settings.jwt_token_exp),
-                    limiter=MemoryRateLimiter(clock),
+                    limiter=MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets),
                     policy=auth_policy(settings),
                 )
                 yield
@@ -88,6 +100,11 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> web.Appl
     app.router.add_get("/user", handlers.get_user, name="get_user", allow_head=False)
     app.router.add_get("/openapi.json", handlers.get_openapi, name="openapi", allow_head=False)
     return app
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer is JSON; no browser may sniff one into something it would render or run.
+    response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 class JsonAccessLogger(AbstractAccessLogger):

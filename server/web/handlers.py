@@ -43,7 +43,7 @@ def user_details(user: User) -> dict[str, Any]:
 
 async def sign_in(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    result = await request.app[SERVICE].sign_in(body)
+    result = await request.app[SERVICE].sign_in(body, request[CLIENT_IP])
     return json_response({"user": user_summary(result.user), "token": result.token}, headers=NO_STORE)
 
 

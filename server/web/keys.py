@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.config import IPNetwork
 from server.domain import Principal
 from server.service import AuthService
 
@@ -22,6 +23,7 @@ OPEN = Requirement()
 
 SERVICE = web.AppKey("service", AuthService)
 ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
+TRUSTED_PROXIES: web.AppKey[tuple[IPNetwork, ...]] = web.AppKey("trusted_proxies")
 
 CLIENT_IP = web.RequestKey("client_ip", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

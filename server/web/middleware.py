@@ -1,7 +1,7 @@
 """The three middlewares, outermost first.
 
-- ``request_context``: gives each request an id and its client IP, binds both into the log context and
-  returns the id in ``X-Request-Id``.
+- ``request_context``: gives each request an id and its client IP (resolved through trusted proxies), binds
+  both into the log context and returns the id in ``X-Request-Id``.
 - ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
   aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; anything else is logged with its
   traceback and answered with a bare 500.
@@ -18,10 +18,11 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.domain import AuthenticationRequired, MixauthError
+from server.domain import AuthenticationRequired, InvalidForwardedFor, MixauthError
 from server.logs import bind_request
 from server.web.bodies import MAX_BODY_BYTES, error_response
-from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE
+from server.web.client_ip import resolve_client_ip
+from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE, TRUSTED_PROXIES
 
 log = structlog.get_logger("mixauth.http")
 
@@ -40,10 +41,17 @@ _PASSED_ON_HEADERS = ("Allow",)
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-    client_ip = request.remote or "unknown"
-    request[CLIENT_IP] = client_ip
-    bind_request(request_id=request_id, client_ip=client_ip)
-    response = await handler(request)
+    trusted = request.app[TRUSTED_PROXIES]
+    try:
+        client_ip = resolve_client_ip(request.remote, request.headers.getall("X-Forwarded-For", ()), trusted)
+    except InvalidForwardedFor as exc:
+        bind_request(request_id=request_id, client_ip=request.remote)
+        log.warning("request.rejected", reason=exc.code)
+        response: web.StreamResponse = error_response(exc.status, exc.code, exc.message)
+    else:
+        request[CLIENT_IP] = client_ip
+        bind_request(request_id=request_id, client_ip=client_ip)
+        response = await handler(request)
     response.headers["X-Request-Id"] = request_id
     return response
 
