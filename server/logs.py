@@ -20,6 +20,9 @@ SENSITIVE_KEYS = frozenset(
     {"password", "password_hash", "hash", "token", "access_token", "authorization", "secret", "jwt_secret"}
 )
 REDACTED = "[redacted]"
+# Libraries whose debug output carries data that must not be logged: aiosqlite logs every statement with
+# its parameters (password hashes included). They log at INFO at most, whatever LOG_LEVEL says.
+QUIET_LIBRARIES = ("aiosqlite",)
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -55,6 +58,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric_level, logging.INFO))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

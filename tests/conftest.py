@@ -1,9 +1,12 @@
-"""Shared fixtures: a fresh app and database per test, bcrypt at its minimum cost, a fake clock."""
+"""Shared fixtures: a fresh app and database per test, bcrypt at its minimum cost, a fake clock, and a guard
+that fails any test whose log output holds the canary password, a token, a bcrypt hash or the JWT secret."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,11 +18,15 @@ import structlog
 from aiohttp.test_utils import TestClient
 
 from server.config import Settings
-from server.web.app import create_app
+from server.logs import configure_logging
+from server.web.app import JsonAccessLogger, create_app
 from server.web.keys import SERVICE
 
 JWT_SECRET = "test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
-PASSWORD = "abc321"
+# Every test signs up and in with this canary; the log guard below fails the test if it is ever logged.
+PASSWORD = "canary-pw-5e1f0c"
+TOKEN_PATTERN = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]*")
+BCRYPT_HASH_PATTERN = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -35,6 +42,38 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def secrets_in(text: str) -> list[str]:
+    """What in ``text`` must never be logged: the canary password, the JWT secret, tokens and bcrypt hashes."""
+    found = [name for name, secret in (("password", PASSWORD), ("jwt secret", JWT_SECRET)) if secret in text]
+    found += [f"token {match[:16]}..." for match in TOKEN_PATTERN.findall(text)]
+    found += [f"bcrypt hash {match[:12]}..." for match in BCRYPT_HASH_PATTERN.findall(text)]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def log_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Log everything at debug level, record every rendered line (whichever stream a test points logging at),
+    and fail the test if any line holds a secret."""
+    rendered: list[str] = []
+    original_format = structlog.stdlib.ProcessorFormatter.format
+
+    def recording_format(self: structlog.stdlib.ProcessorFormatter, record: logging.LogRecord) -> str:
+        line = original_format(self, record)
+        rendered.append(line)
+        return line
+
+    monkeypatch.setattr(structlog.stdlib.ProcessorFormatter, "format", recording_format)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("debug", stream=io.StringIO())
+    yield rendered
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+    leaks = secrets_in("\n".join(rendered))
+    assert not leaks, f"secrets reached the log: {leaks}"
 
 
 @pytest.fixture
@@ -59,12 +98,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, settings: Settings, clock: FakeClock) -> ClientFactory:
+def make_client(aiohttp_client: Any, aiohttp_server: Any, settings: Settings, clock: FakeClock) -> ClientFactory:
     """Start the real application with ``settings`` changed by keyword arguments, and return a client."""
 
     async def make(**changes: Any) -> TestClient[Any, Any]:
         app = create_app(dataclasses.replace(settings, **changes), clock=clock)
-        client: TestClient[Any, Any] = await aiohttp_client(app)
+        # The access log the server itself uses (python -m server), not aiohttp's default one.
+        server = await aiohttp_server(app, access_log_class=JsonAccessLogger)
+        client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 
     return make

@@ -71,9 +71,10 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
 
-    def stop(self) -> tuple[int, list[dict[str, Any]], str]:
-        """SIGTERM, then the exit code, the parsed stdout log lines and stderr."""
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, signalled: bool = False) -> tuple[int, list[dict[str, Any]], str]:
+        """SIGTERM (unless ``signalled`` already), then the exit code, the parsed stdout log lines and stderr."""
+        if not signalled:
+            self.process.send_signal(signal.SIGTERM)
         _, err = self.process.communicate(timeout=15)
         lines = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
         return self.process.returncode, lines, err.decode()
@@ -91,7 +92,8 @@ async def start_server(tmp_path: Path, name: str = "server", **extra_env: str) -
     assert command[0] == "python3"
     port = free_port()
     env = base_env(**image_env)
-    env.update(HOST="127.0.0.1", PORT=str(port), DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4", **extra_env)
+    env.update(HOST="127.0.0.1", PORT=str(port), DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
+    env.update(extra_env)
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -176,6 +178,33 @@ async def test_sigterm_closes_the_database_cleanly(server: Server, tmp_path: Pat
     assert code == 0, err
     wal = tmp_path / "data" / "mixauth.sqlite3-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+async def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
+    """A signup whose bcrypt hash is still running when SIGTERM arrives is answered and kept."""
+    server = await start_server(tmp_path, BCRYPT_ROUNDS="14")  # about a second a hash here
+    try:
+        async with aiohttp.ClientSession(server.url) as http:
+            body = {"username": "late", "email": "late@example.com", "password": CANARY_PASSWORD}
+            in_flight = asyncio.create_task(http.post("/user", json=body))
+            await asyncio.sleep(0.5)  # the request has been read and is hashing (a separate process: no clock to fake)
+            server.process.send_signal(signal.SIGTERM)
+            response = await in_flight
+            assert response.status == 200
+            token = (await response.json())["token"]
+        code, lines, err = server.stop(signalled=True)
+        assert code == 0, err
+        assert [line["event"] for line in lines if line["event"] == "user.created"] == ["user.created"]
+    finally:
+        server.kill()
+    wal = tmp_path / "data" / "mixauth.sqlite3-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    restarted = await start_server(tmp_path, "restarted")
+    try:
+        async with aiohttp.ClientSession(restarted.url) as http:
+            assert (await http.get("/user", headers={"Authorization": f"Bearer {token}"})).status == 200
+    finally:
+        restarted.kill()
 
 
 @pytest.mark.parametrize(
