@@ -1,45 +1,118 @@
-"""The command line: ``python -m server`` serves; ``python -m server create-user ...`` manages users.
+"""The command line: ``python -m server`` serves; its admin commands manage users and check the configuration.
+
+    python -m server [--host H] [--port P]             serve the API
+    python -m server create-user --username U --email E [--scope S,...] [--password-stdin]
+    python -m server list-users [--scope S] [--limit N] [--after ID] [--json]
+    python -m server set-password USER [--password-stdin]
+    python -m server set-scope USER --scope S,...
+    python -m server delete-user USER
+    python -m server check-config [--json]
+
+Every command takes ``--config PATH`` and ``--data-dir DIR``, before or after its name. ``USER`` is an id, a
+username or an email, matched as sign-in matches them. The commands work on the data directory of a running
+server (SQLite in WAL mode; a write waits for the server's rather than failing), and the server sees each
+change on its next request.
 
 Every failure ends with one line on stderr starting with ``mixauth:`` and a non-zero exit code: 2 for a
-bad command line or configuration, 1 for anything the command itself could not do.
+bad command line or configuration, 1 for anything the command itself could not do (no such user, a password
+the signup rules refuse, an unusable database).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
+import json
 import os
+import sqlite3
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from aiohttp import web
 
-from server import __version__
-from server.config import ConfigError, Settings, load_settings, parse_scopes
-from server.domain import MixauthError
+from server import __version__, admin
+from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
+from server.domain import MixauthError, User
 from server.hashing import PasswordHasher
-from server.logs import configure_logging
+from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
+from server.security import USER_ID_PATTERN
 from server.service import register_user
 from server.storage import StorageError
-from server.storage.sqlite import open_store
+from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
 from server.web.app import JsonAccessLogger, auth_policy, create_app
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 1_000_000
+SECRET_NAME_ENDINGS = ("secret", "password", "_token", "_key", "credentials")
+# What check-config shows for a secret that is not set, when leaving it unset means something.
+UNSET_SECRET_NOTES = {"jwt_secret": "(generated in data_dir)"}
 
 
 class CommandError(Exception):
     """A command could not do its job; the message is the one line to print."""
 
 
+class UsageError(Exception):
+    """The command line is wrong; the message is the one line to print (exit code 2)."""
+
+
+PROG = "python -m server"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a misuse raises UsageError (one ``mixauth:`` line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
+
+
+def _scope_list(value: str) -> tuple[str, ...]:
+    try:
+        scopes = parse_scopes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not scopes:
+        raise argparse.ArgumentTypeError("at least one scope is required")
+    return scopes
+
+
+def _one_scope(value: str) -> str:
+    scopes = _scope_list(value)
+    if len(scopes) != 1:
+        raise argparse.ArgumentTypeError(f"expected one scope, got {value!r}")
+    return scopes[0]
+
+
+def _page_size(value: str) -> int:
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_PAGE_SIZE}, got {value!r}")
+    return int(value)
+
+
+def _user_id(value: str) -> str:
+    user_id = value.strip().lower()
+    if not USER_ID_PATTERN.fullmatch(user_id):
+        raise argparse.ArgumentTypeError(f"expected a user id (24 hex characters), got {value!r}")
+    return user_id
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH", help="configuration file (default: ./config.toml)")
     common.add_argument("--data-dir", metavar="DIR", help="data directory (database and generated secret)")
 
-    parser = argparse.ArgumentParser(
-        prog="python -m server",
-        description="mixauth: authentication compatible with the Appmixer user API.",
+    parser = ArgumentParser(
+        prog=PROG,
+        description="mixauth: authentication compatible with the Appmixer user API. Without a command, serve it.",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"mixauth {__version__}")
@@ -47,15 +120,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", help="port to listen on (default 2200)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    # The sub-command repeats --config and --data-dir; SUPPRESS keeps it from overwriting values given
-    # before the command name with its own defaults.
-    create = commands.add_parser("create-user", help="create a user directly in the store (no rate limit)")
-    create.add_argument("--config", type=Path, metavar="PATH", default=argparse.SUPPRESS)
-    create.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS)
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        # The command repeats --config and --data-dir; SUPPRESS keeps it from overwriting values given
+        # before the command name with its own defaults.
+        sub.add_argument("--config", type=Path, metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+        sub.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS, help="data directory")
+        return sub
+
+    user_help = "the user's id, username or email"
+    stdin_help = "read the password from standard input (otherwise it is prompted for on a terminal)"
+
+    create = command("create-user", "create a user directly in the store (no rate limit); print the new id")
     create.add_argument("--username", required=True)
     create.add_argument("--email", required=True)
-    create.add_argument("--scope", default="user", help="comma-separated scopes (default: user)")
-    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    create.add_argument("--scope", type=_scope_list, default="user", help="comma-separated scopes (default: user)")
+    create.add_argument("--password-stdin", action="store_true", help=stdin_help)
+
+    listing = command("list-users", "list users in creation order, a page at a time")
+    listing.add_argument("--scope", type=_one_scope, help="only the users who hold this scope")
+    listing.add_argument(
+        "--limit", type=_page_size, default=admin.DEFAULT_PAGE_SIZE, metavar="N", help="page size (default: 100)"
+    )
+    listing.add_argument("--after", type=_user_id, metavar="ID", help="start after this user id (the next page)")
+    listing.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+
+    password = command("set-password", "replace a user's password (the signup rules apply)")
+    password.add_argument("user", metavar="USER", help=user_help)
+    password.add_argument("--password-stdin", action="store_true", help=stdin_help)
+
+    scope = command("set-scope", "replace a user's scopes")
+    scope.add_argument("user", metavar="USER", help=user_help)
+    scope.add_argument("--scope", type=_scope_list, required=True, help="comma-separated scopes, e.g. admin,user")
+
+    delete = command("delete-user", "delete a user at once, without asking; their tokens stop working")
+    delete.add_argument("user", metavar="USER", help=user_help)
+
+    check = command("check-config", "print the effective settings and where each came from; exit 2 if invalid")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
@@ -64,7 +166,11 @@ def main(
     environ: Mapping[str, str] | None = None,
     stdin: TextIO | None = None,
 ) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"mixauth: {exc}", file=sys.stderr)
+        return 2
     environ = os.environ if environ is None else environ
     try:
         settings = load_settings(
@@ -72,15 +178,21 @@ def main(
             environ,
             {"host": getattr(args, "host", None), "port": getattr(args, "port", None), "data_dir": args.data_dir},
         )
-        if args.command == "create-user":
-            return create_user_command(settings, args, stdin or sys.stdin)
-        return serve(settings)
+        if args.command is None:
+            return serve(settings)
+        return COMMANDS[args.command](settings, args, stdin or sys.stdin)
     except ConfigError as exc:
         print(f"mixauth: configuration error: {exc}", file=sys.stderr)
         return 2
     except (CommandError, StorageError) as exc:
         print(f"mixauth: {exc}", file=sys.stderr)
         return 1
+    except sqlite3.Error as exc:
+        print(f"mixauth: database error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mixauth: interrupted", file=sys.stderr)
+        return 130
 
 
 def serve(settings: Settings) -> int:
@@ -101,18 +213,114 @@ def serve(settings: Settings) -> int:
 
 
 def create_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
-    try:
-        scope = parse_scopes(args.scope)
-    except ValueError as exc:
-        raise CommandError(f"--scope: {exc}") from None
-    if not scope:
-        raise CommandError("--scope: at least one scope is required")
     password = _read_password(args.password_stdin, stdin)
     configure_logging(settings.log_level, stream=sys.stderr)
     body = {"username": args.username, "email": args.email, "password": password}
-    user_id = asyncio.run(_create_user(settings, body, scope))
+    user_id = asyncio.run(_create_user(settings, body, args.scope))
     print(user_id)
     return 0
+
+
+def list_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    async def run() -> list[User]:
+        async with _open_existing_store(settings) as store:
+            # One more than asked for says whether another page follows.
+            return await admin.list_users(store, scope=args.scope, limit=args.limit + 1, after=args.after)
+
+    users = asyncio.run(run())
+    page = users[: args.limit]
+    if args.json:
+        print(json.dumps([_user_json(user) for user in page], ensure_ascii=False, indent=2))
+    else:
+        print(_user_table(page))
+    if len(users) > args.limit:
+        print(f"mixauth: more users follow; for the next page add --after {page[-1].id}", file=sys.stderr)
+    return 0
+
+
+def set_password_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    configure_logging(settings.log_level, stream=sys.stderr)
+
+    async def find() -> User:
+        async with _open_existing_store(settings) as store:
+            return await admin.find_user(store, args.user)
+
+    async def change(user: User, password: str) -> None:
+        hasher = _hasher(settings)
+        try:
+            async with _open_existing_store(settings) as store:
+                await admin.change_password(
+                    store, hasher, user, password, min_length=settings.password_min_length, via="cli"
+                )
+        finally:
+            await asyncio.to_thread(hasher.close)
+
+    # The user is found before the password is asked for, and the prompt runs outside the event loop, so
+    # an unknown name fails at once and Ctrl-C at the prompt interrupts cleanly.
+    user = _run_admin(find())
+    _run_admin(change(user, _read_password(args.password_stdin, stdin)))
+    print(f"password changed for {user.id} ({user.username})")
+    return 0
+
+
+def set_scope_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    configure_logging(settings.log_level, stream=sys.stderr)
+
+    async def run() -> tuple[User, User]:
+        async with _open_existing_store(settings) as store:
+            user = await admin.find_user(store, args.user)
+            return user, await admin.change_scope(store, user, args.scope, via="cli")
+
+    before, after = _run_admin(run())
+    print(f"scope of {after.id} ({after.username}): {_scopes(before.scope)} -> {_scopes(after.scope)}")
+    return 0
+
+
+def delete_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    configure_logging(settings.log_level, stream=sys.stderr)
+
+    async def run() -> User:
+        async with _open_existing_store(settings) as store:
+            user = await admin.find_user(store, args.user)
+            await admin.remove_user(store, user, via="cli")
+            return user
+
+    user = _run_admin(run())
+    print(f"deleted {user.id} ({user.username}, {user.email})")
+    return 0
+
+
+def check_config_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    """The settings as the server would use them; reaching this point means load_settings found them valid."""
+    config_file = args.config if args.config is not None else Path("config.toml")
+    file_read = str(config_file) if args.config is not None or config_file.is_file() else None
+    secrets = _secret_keys()
+    shown = {
+        option.key: {
+            "value": _setting_value(option.key, getattr(settings, option.key, None), secrets),
+            "source": settings.sources.get(option.key, "default"),
+            "env": option.env,
+        }
+        for option in OPTIONS
+    }
+    if args.json:
+        print(json.dumps({"config_file": file_read, "settings": shown}, ensure_ascii=False, indent=2))
+        return 0
+    print(f"config file: {file_read or '(none)'}")
+    rows = [[key, entry["source"], _text(entry["value"])] for key, entry in shown.items()]
+    print(_table(["SETTING", "SOURCE", "VALUE"], rows))
+    return 0
+
+
+Command = Callable[[Settings, argparse.Namespace, TextIO], int]
+COMMANDS: dict[str, Command] = {
+    "create-user": create_user_command,
+    "list-users": list_users_command,
+    "set-password": set_password_command,
+    "set-scope": set_scope_command,
+    "delete-user": delete_user_command,
+    "check-config": check_config_command,
+}
 
 
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
@@ -121,14 +329,22 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
         return line[:-1] if line.endswith("\n") else line
     if not stdin.isatty():
         raise CommandError("no password: pass --password-stdin to read it from standard input")
-    first = getpass.getpass("Password: ")
-    if getpass.getpass("Repeat password: ") != first:
+    try:
+        first = getpass.getpass("Password: ")
+        second = getpass.getpass("Repeat password: ")
+    except EOFError:
+        raise CommandError("no password given") from None
+    if second != first:
         raise CommandError("the passwords do not match")
     return first
 
 
+def _hasher(settings: Settings) -> PasswordHasher:
+    return PasswordHasher(settings.bcrypt_rounds, workers=1)
+
+
 async def _create_user(settings: Settings, body: dict[str, Any], scope: tuple[str, ...]) -> str:
-    hasher = PasswordHasher(settings.bcrypt_rounds, workers=1)
+    hasher = _hasher(settings)
     try:
         async with open_store(settings.data_dir) as store:
             user = await register_user(store, hasher, auth_policy(settings), body, scope, via="cli")
@@ -137,3 +353,95 @@ async def _create_user(settings: Settings, body: dict[str, Any], scope: tuple[st
     finally:
         hasher.close()
     return user.id
+
+
+def _open_existing_store(settings: Settings) -> AbstractAsyncContextManager[SqliteUserStore]:
+    """The store, for commands that only make sense on an existing database (a typo must not create one)."""
+    path = settings.data_dir / DATABASE_FILE
+    if not path.is_file():
+        raise CommandError(f"no database at {path}: is the data directory ({settings.data_dir}) right?")
+    return open_store(settings.data_dir)
+
+
+def _run_admin(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except MixauthError as exc:
+        raise CommandError(exc.message) from None
+
+
+def _scopes(scope: Sequence[str]) -> str:
+    return ",".join(scope)
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    """A user as GET /user shows one, plus when it was created; never the password hash."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "scope": list(user.scope),
+        "plan": user.plan,
+        "isActive": user.is_active,
+        "created": _iso(admin.created_at(user)),
+        "metadata": user.metadata,
+    }
+
+
+def _user_table(users: Sequence[User]) -> str:
+    rows = [
+        [
+            user.id,
+            user.username,
+            user.email,
+            _scopes(user.scope),
+            user.plan,
+            "yes" if user.is_active else "no",
+            _iso(admin.created_at(user)),
+        ]
+        for user in users
+    ]
+    return _table(["ID", "USERNAME", "EMAIL", "SCOPE", "PLAN", "ACTIVE", "CREATED"], rows)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _secret_keys() -> frozenset[str]:
+    """Settings never to print: those Settings keeps out of its repr, and those named like a secret."""
+    hidden = {item.name for item in dataclasses.fields(Settings) if not item.repr}
+    named = {option.key for option in OPTIONS if option.key.endswith(SECRET_NAME_ENDINGS)}
+    return frozenset(hidden | named | SENSITIVE_KEYS)
+
+
+def _setting_value(key: str, value: Any, secrets: frozenset[str]) -> Any:
+    """A setting as plain JSON data (tuples as lists, paths and other objects as strings), secrets hidden."""
+    if key in secrets:
+        if value is None or value == "":
+            return UNSET_SECRET_NOTES.get(key)
+        return REDACTED
+    if isinstance(value, tuple | list | set | frozenset):
+        return [_setting_value(key, item, secrets) for item in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_text(item) for item in value) or "(empty)"
+    return str(value)

@@ -272,6 +272,24 @@ class UserStore(Protocol):
 
     async def get_by_email(self, email_key: str) -> User | None: ...
 
+    async def list_users(self, *, scope: str | None = None, limit: int = 100, after: str | None = None) -> list[User]:
+        """Up to ``limit`` users in id order (ids are time-ordered, so creation order), those with ids greater
+        than ``after`` when it is given (a cursor: pass the last id of one page to get the next); with
+        ``scope``, only the users who hold that scope."""
+        ...
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        """Replace the user's password hash; False when no user has ``user_id``. One atomic write."""
+        ...
+
+    async def set_scope(self, user_id: str, scope: tuple[str, ...]) -> bool:
+        """Replace the user's scopes with ``scope``; False when no user has ``user_id``. One atomic write."""
+        ...
+
+    async def delete(self, user_id: str) -> bool:
+        """Remove the user (freeing their username and email); False when no user has ``user_id``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:

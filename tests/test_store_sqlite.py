@@ -7,6 +7,8 @@ them by adding a parameter to that fixture. The tests at the end (schema version
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sqlite3 as sqlite3_driver
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -170,6 +172,111 @@ async def test_concurrent_adds_for_one_username_next_to_distinct_users(store: Us
             assert await store.get_by_email(user.email_key) is None
 
 
+async def add_users(
+    store: UserStore, count: int, *, scope: tuple[str, ...] = ("user",), prefix: str = "u"
+) -> list[User]:
+    return [await store.add(new_user(f"{prefix}{n}", f"{prefix}{n}@example.com", scope=scope)) for n in range(count)]
+
+
+async def test_list_users_returns_everyone_in_id_order(store: UserStore) -> None:
+    added = await add_users(store, 5)
+    listed = await store.list_users()
+    assert listed == sorted(added, key=lambda user: user.id)
+
+
+async def test_list_users_of_an_empty_store_is_empty(store: UserStore) -> None:
+    assert await store.list_users() == []
+
+
+async def test_list_users_pages_with_a_cursor_without_gaps_or_repeats(store: UserStore) -> None:
+    added = await add_users(store, 7)
+    pages: list[list[User]] = []
+    after: str | None = None
+    while page := await store.list_users(limit=3, after=after):
+        pages.append(page)
+        after = page[-1].id
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [user for page in pages for user in page] == sorted(added, key=lambda user: user.id)
+
+
+async def test_list_users_after_the_last_id_is_empty_and_limit_zero_is_empty(store: UserStore) -> None:
+    added = await add_users(store, 2)
+    assert await store.list_users(after=max(user.id for user in added)) == []
+    assert await store.list_users(limit=0) == []
+
+
+async def test_a_page_is_not_shifted_by_users_added_before_the_cursor(store: UserStore) -> None:
+    added = sorted(await add_users(store, 4), key=lambda user: user.id)
+    first = await store.list_users(limit=2)
+    # A user whose id sorts first arrives between two pages: the next page is unaffected.
+    early = new_user("early", "early@example.com")
+    await store.add(dataclasses.replace(early, id="00000000" + early.id[8:]))
+    assert await store.list_users(limit=2, after=first[-1].id) == added[2:]
+
+
+async def test_list_users_filters_by_a_scope_held_exactly(store: UserStore) -> None:
+    admins = await add_users(store, 2, scope=("admin", "user"), prefix="admin")
+    await add_users(store, 2, scope=("user",), prefix="plain")
+    await add_users(store, 1, scope=("admin:read", "administrator"), prefix="near")
+    listed = await store.list_users(scope="admin")
+    assert listed == sorted(admins, key=lambda user: user.id)
+    assert len(await store.list_users(scope="user")) == 4
+    assert await store.list_users(scope="nobody") == []
+    assert await store.list_users(scope="admin", limit=1, after=listed[0].id) == listed[1:]
+
+
+async def test_set_password_hash_replaces_only_that_users_hash(store: UserStore) -> None:
+    alice, bob = await add_users(store, 2)
+    other_hash = HASH.replace("u5Ov", "XXXX")
+    assert await store.set_password_hash(alice.id, other_hash) is True
+    stored = await store.get_by_id(alice.id)
+    assert stored is not None
+    assert stored.password_hash == other_hash
+    assert stored == dataclasses.replace(alice, password_hash=other_hash)
+    assert await store.get_by_id(bob.id) == bob
+
+
+async def test_set_scope_replaces_the_scope_as_given(store: UserStore) -> None:
+    alice, bob = await add_users(store, 2)
+    assert await store.set_scope(alice.id, ("admin", "api:create")) is True
+    assert await store.get_by_username(identifier_key(alice.username)) == dataclasses.replace(
+        alice, scope=("admin", "api:create")
+    )
+    assert await store.list_users(scope="admin") == [dataclasses.replace(alice, scope=("admin", "api:create"))]
+    assert await store.get_by_id(bob.id) == bob
+
+
+async def test_delete_removes_the_user_and_frees_the_username_and_email(store: UserStore) -> None:
+    alice, bob = await add_users(store, 2)
+    assert await store.delete(alice.id) is True
+    assert await store.get_by_id(alice.id) is None
+    assert await store.get_by_username(identifier_key(alice.username)) is None
+    assert await store.get_by_email(identifier_key(alice.email)) is None
+    assert await store.list_users() == [bob]
+    again = await store.add(new_user(alice.username.upper(), alice.email.upper()))
+    assert await store.get_by_username(identifier_key(alice.username)) == again
+
+
+async def test_writes_to_an_unknown_id_match_nothing_and_change_nothing(store: UserStore) -> None:
+    (alice,) = await add_users(store, 1)
+    unknown = new_user_id()
+    assert await store.set_password_hash(unknown, HASH) is False
+    assert await store.set_scope(unknown, ("admin",)) is False
+    assert await store.delete(unknown) is False
+    assert await store.list_users() == [alice]
+
+
+async def test_writes_are_seen_by_another_store_on_the_same_data(open_store: OpenStore, tmp_path: Path) -> None:
+    """The admin command line opens its own store next to the server's: each must see the other's writes."""
+    async with open_store(tmp_path) as server, open_store(tmp_path) as cli:
+        alice, bob = await add_users(server, 2)
+        assert await cli.set_scope(alice.id, ("admin",)) is True
+        assert await cli.delete(bob.id) is True
+        assert await server.get_by_id(alice.id) == dataclasses.replace(alice, scope=("admin",))
+        assert await server.get_by_id(bob.id) is None
+        assert await server.list_users() == [dataclasses.replace(alice, scope=("admin",))]
+
+
 # SQLite's own guarantees.
 
 
@@ -241,3 +348,29 @@ async def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) 
     with pytest.raises(StorageError, match="cannot open the database"):
         async with sqlite.open_store(tmp_path):
             pass
+
+
+async def test_every_connection_waits_for_a_lock_instead_of_failing(tmp_path: Path) -> None:
+    async with sqlite.open_store(tmp_path) as store:
+        assert isinstance(store, SqliteUserStore)
+        for connection in (store._writer, store._reader):
+            async with connection.execute("PRAGMA busy_timeout") as cursor:
+                assert await cursor.fetchone() == (sqlite.BUSY_TIMEOUT_MS,)
+
+
+async def test_a_write_waits_for_another_processs_write_lock(tmp_path: Path) -> None:
+    """Another connection (the command line, say) holds the write lock; a write waits for it, then succeeds."""
+    async with sqlite.open_store(tmp_path) as store:
+        (alice,) = await add_users(store, 1)
+        other = sqlite3_driver.connect(tmp_path / DATABASE_FILE, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE users SET plan = 'locked' WHERE id = ?", (alice.id,))
+            # Released well inside the busy timeout; without one the write below fails at once.
+            asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
+            assert await store.set_scope(alice.id, ("admin",)) is True
+        finally:
+            other.close()
+        stored = await store.get_by_id(alice.id)
+        assert stored is not None
+        assert (stored.plan, stored.scope) == ("locked", ("admin",))

@@ -7,6 +7,10 @@ sees every committed write (WAL) without queueing behind the writer's fsyncs.
 
 Uniqueness is the database's job: ``username_key`` and ``email_key`` carry UNIQUE constraints, and the
 driver's IntegrityError is translated here into UsernameTaken or EmailTaken.
+
+The admin command line opens its own store on the same file while the server runs. Every connection sets
+``busy_timeout``, so a write that meets another process's write lock waits for it (up to
+``BUSY_TIMEOUT_MS``) instead of failing with "database is locked".
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from server.domain import EmailTaken, NewUser, User, UsernameTaken
 from server.storage import StorageError
 
 DATABASE_FILE = "mixauth.sqlite3"
+BUSY_TIMEOUT_MS = 5000
 
 # Each entry moves the schema from version N to N + 1; applied in order, each in its own transaction.
 MIGRATIONS: tuple[str, ...] = (
@@ -52,6 +57,10 @@ _SELECT = "SELECT id, username, email, scope, plan, is_active, password_hash, me
 _SELECT_BY_ID = _SELECT + "id = ?"
 _SELECT_BY_USERNAME_KEY = _SELECT + "username_key = ?"
 _SELECT_BY_EMAIL_KEY = _SELECT + "email_key = ?"
+# Keyset paging: every id is greater than "", so the first page needs no second form of the query.
+_SELECT_PAGE = _SELECT + "id > ? ORDER BY id LIMIT ?"
+_HOLDS_SCOPE = "EXISTS (SELECT 1 FROM json_each(users.scope) WHERE json_each.value = ?)"
+_SELECT_PAGE_WITH_SCOPE = _SELECT + "id > ? AND " + _HOLDS_SCOPE + " ORDER BY id LIMIT ?"
 
 
 class SqliteUserStore:
@@ -89,6 +98,30 @@ class SqliteUserStore:
     async def get_by_email(self, email_key: str) -> User | None:
         return await self._one(_SELECT_BY_EMAIL_KEY, email_key)
 
+    async def list_users(self, *, scope: str | None = None, limit: int = 100, after: str | None = None) -> list[User]:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        query, parameters = _SELECT_PAGE, [after or "", limit]
+        if scope is not None:
+            query, parameters = _SELECT_PAGE_WITH_SCOPE, [after or "", scope, limit]
+        async with self._reader.execute(query, parameters) as cursor:
+            rows = await cursor.fetchall()
+        return [_user_from_row(row) for row in rows]
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        return await self._write("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+    async def set_scope(self, user_id: str, scope: tuple[str, ...]) -> bool:
+        return await self._write("UPDATE users SET scope = ? WHERE id = ?", (json.dumps(list(scope)), user_id))
+
+    async def delete(self, user_id: str) -> bool:
+        return await self._write("DELETE FROM users WHERE id = ?", (user_id,))
+
+    async def _write(self, statement: str, parameters: tuple[Any, ...]) -> bool:
+        """Run one statement (autocommit: its own transaction); True when it matched a row."""
+        async with self._writer.execute(statement, parameters) as cursor:
+            return cursor.rowcount > 0
+
     async def _one(self, query: str, value: str) -> User | None:
         async with self._reader.execute(query, (value,)) as cursor:
             row = await cursor.fetchone()
@@ -121,7 +154,7 @@ def _translate_integrity_error(exc: sqlite3.IntegrityError) -> Exception:
 async def _connect(path: Path) -> aiosqlite.Connection:
     connection = await aiosqlite.connect(path, isolation_level=None)
     try:
-        await connection.execute("PRAGMA busy_timeout = 5000")
+        await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await connection.execute("PRAGMA journal_mode = WAL")
         await connection.execute("PRAGMA synchronous = FULL")
         await connection.execute("PRAGMA foreign_keys = ON")
