@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
+import structlog
 from aiohttp import web
 
 from server import __version__, admin
@@ -197,6 +198,10 @@ def main(
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    loop, loop_name = _event_loop()
+    structlog.get_logger("mixauth.server").info(
+        "server.starting", version=__version__, host=settings.host, port=settings.port, loop=loop_name
+    )
     try:
         web.run_app(
             create_app(settings),
@@ -204,12 +209,22 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             access_log_class=JsonAccessLogger,
             print=None,
+            loop=loop,
         )
     except OSError as exc:
         if exc.filename is not None:
             raise CommandError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
         raise CommandError(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def _event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """uvloop when it is installed (pip install 'mixauth[uvloop]'), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop(), "asyncio"
+    return uvloop.new_event_loop(), "uvloop"
 
 
 def create_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:

@@ -11,6 +11,8 @@ import re
 import secrets
 import time
 import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import bcrypt
@@ -76,11 +78,26 @@ class TokenClaims:
 
 
 class TokenCodec:
-    """Issues and verifies HS256 JWTs with the claims ``id``, ``scope``, ``iat`` and ``exp``."""
+    """Issues and verifies HS256 JWTs with the claims ``id``, ``scope``, ``iat`` and ``exp``.
 
-    def __init__(self, secret: bytes, lifetime_seconds: int) -> None:
+    Verifying costs about 60 us of HMAC and JSON, on the event loop, for every authenticated request, so
+    the claims of tokens that verified are remembered, keyed by the whole token (signature included: a
+    token that differs by one byte is verified afresh) and only until the token's own ``exp``. At most
+    ``cache_size`` tokens are remembered; the oldest is forgotten first.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime_seconds: int,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._secret = secret
         self._lifetime = lifetime_seconds
+        self._cache_size = cache_size
+        self._clock = clock
+        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TokenCodec(lifetime_seconds={self._lifetime})"
@@ -92,6 +109,21 @@ class TokenCodec:
 
     def verify(self, token: str) -> TokenClaims:
         """Return the claims of a valid token; raise InvalidToken (with a reason for the log) otherwise."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            # PyJWT's own rule: a token is expired once ``exp <= now``.
+            if claims.expires_at > self._clock():
+                return claims
+            del self._verified[token]
+            raise InvalidToken("expired")
+        claims = self._decode(token)
+        if self._cache_size > 0:
+            if len(self._verified) >= self._cache_size:
+                self._verified.popitem(last=False)
+            self._verified[token] = claims
+        return claims
+
+    def _decode(self, token: str) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,

@@ -93,16 +93,24 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def wall_clock() -> FakeClock:
+    """Seconds since the epoch, starting now: decides when remembered tokens expire."""
+    return FakeClock(time.time())
+
+
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", bcrypt_rounds=4, jwt_secret=JWT_SECRET)
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, aiohttp_server: Any, settings: Settings, clock: FakeClock) -> ClientFactory:
+def make_client(
+    aiohttp_client: Any, aiohttp_server: Any, settings: Settings, clock: FakeClock, wall_clock: FakeClock
+) -> ClientFactory:
     """Start the real application with ``settings`` changed by keyword arguments, and return a client."""
 
     async def make(**changes: Any) -> TestClient[Any, Any]:
-        app = create_app(dataclasses.replace(settings, **changes), clock=clock)
+        app = create_app(dataclasses.replace(settings, **changes), clock=clock, wall_clock=wall_clock)
         # The access log the server itself uses (python -m server), not aiohttp's default one.
         server = await aiohttp_server(app, access_log_class=JsonAccessLogger)
         client: TestClient[Any, Any] = await aiohttp_client(server)

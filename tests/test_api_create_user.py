@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import jwt
@@ -50,6 +51,14 @@ async def test_metadata_is_kept_and_returned(client: TestClient[Any, Any]) -> No
     token = await sign_up(client, metadata=metadata)
     me = await (await client.get("/user", headers=bearer(token))).json()
     assert me["metadata"] == metadata
+
+
+async def test_metadata_with_numbers_beyond_64_bits_is_returned_exactly(client: TestClient[Any, Any]) -> None:
+    metadata = {"big": 2**70, "negative": -(2**65), "text": "žluťoučký"}
+    token = await sign_up(client, metadata=metadata)
+    response = await client.get("/user", headers=bearer(token))
+    assert response.status == 200
+    assert json.loads(await response.text())["metadata"] == metadata
 
 
 async def test_metadata_must_be_an_object(client: TestClient[Any, Any]) -> None:

@@ -25,7 +25,7 @@ from server.cli import main
 from server.config import OPTIONS, Settings
 from server.security import USER_ID_PATTERN, check_password, password_bytes
 from server.storage.sqlite import DATABASE_FILE, open_store
-from tests.conftest import JWT_SECRET, PASSWORD, bearer, sign_up
+from tests.conftest import JWT_SECRET, PASSWORD, FakeClock, bearer, sign_up
 from tests.test_store_sqlite import new_user
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -574,9 +574,13 @@ def test_check_config_reports_a_missing_config_file(tmp_path: Path, capsys: pyte
 
 
 async def test_commands_work_on_the_data_of_a_running_server(
-    client: TestClient[Any, Any], settings: Settings, capsys: pytest.CaptureFixture[str]
+    client: TestClient[Any, Any], settings: Settings, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The app holds the database open; each command's change is what the server answers next."""
+    """The app holds the database open; each command's change is what the server answers within a second.
+
+    The server remembers users it has loaded, and notices writes from other processes by checking the
+    database's data version at most once a second (of the app's clock, advanced here by hand).
+    """
     data_dir = settings.data_dir
 
     async def cli(*argv: str, stdin: str = "") -> str:
@@ -584,9 +588,11 @@ async def test_commands_work_on_the_data_of_a_running_server(
         code = await asyncio.to_thread(run, list(argv), data_dir, stdin)
         out, err = capsys.readouterr()
         assert code == 0, err
+        clock.advance(1.0)
         return out
 
     carol = await sign_up(client, "carol", "carol@example.com")
+    assert (await client.get("/user", headers=bearer(carol))).status == 200  # carol is now remembered
     listed = json.loads(await cli("list-users", "--json"))
     assert [user["username"] for user in listed] == ["carol"]
 

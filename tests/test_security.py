@@ -374,3 +374,78 @@ def test_header_switched_to_another_algorithm_is_rejected(codec: TokenCodec) -> 
     _, payload, signature = codec.issue(USER_ID, ("user",)).split(".")
     header = b64url_json({"alg": "HS512", "typ": "JWT"})
     assert rejection(codec, f"{header}.{payload}.{signature}") == "algorithm_not_allowed"
+
+
+# The cache of verified tokens
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = jwt.decode
+
+    def decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return original(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", decode)
+    return calls
+
+
+def test_a_verified_token_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = TokenCodec(SECRET, LIFETIME)
+    token = codec.issue(USER_ID, ("user",))
+    decodes = counting_decodes(monkeypatch)
+    assert [codec.verify(token) for _ in range(5)] == [codec.verify(token)] * 5
+    assert decodes == [token]
+
+
+def test_a_cached_token_expires_exactly_at_its_exp() -> None:
+    clock = WallClock()
+    codec = TokenCodec(SECRET, 60, clock=clock)
+    token = codec.issue(USER_ID, ("user",), now=clock.now)
+    expires_at = codec.verify(token).expires_at
+    clock.now = expires_at - 0.001
+    assert codec.verify(token).user_id == USER_ID
+    clock.now = expires_at
+    assert rejection(codec, token) == "expired"
+
+
+def test_a_token_one_byte_away_from_a_cached_one_is_verified_afresh() -> None:
+    codec = TokenCodec(SECRET, LIFETIME)
+    token = codec.issue(USER_ID, ("user",))
+    codec.verify(token)
+    header, payload, signature = token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert rejection(codec, f"{header}.{payload}.{flipped}") == "bad_signature"
+    forged = b64url(json.dumps({"id": USER_ID, "scope": ["admin"], "iat": 1, "exp": 2**40}).encode())
+    assert rejection(codec, f"{header}.{forged}.{signature}") == "bad_signature"
+
+
+def test_refused_tokens_are_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = TokenCodec(SECRET, LIFETIME)
+    bad = TokenCodec(OTHER_SECRET, LIFETIME).issue(USER_ID, ("user",))
+    decodes = counting_decodes(monkeypatch)
+    for _ in range(3):
+        rejection(codec, bad)
+    assert len(decodes) == 3
+
+
+def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = TokenCodec(SECRET, LIFETIME, cache_size=2)
+    tokens = [codec.issue(USER_ID, ("user",), now=time.time() - n) for n in range(3)]
+    for token in tokens:
+        codec.verify(token)
+    decodes = counting_decodes(monkeypatch)
+    for token in tokens[1:]:
+        codec.verify(token)
+    assert decodes == []  # the two newest are remembered
+    codec.verify(tokens[0])
+    assert decodes == [tokens[0]]  # the oldest was forgotten

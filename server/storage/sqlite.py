@@ -117,6 +117,13 @@ class SqliteUserStore:
     async def delete(self, user_id: str) -> bool:
         return await self._write("DELETE FROM users WHERE id = ?", (user_id,))
 
+    async def data_version(self) -> int:
+        """A number that changes whenever another connection commits: another process (the admin command
+        line), or this store's own writer. One cheap query; readiness checks use it too."""
+        async with self._reader.execute("PRAGMA data_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
     async def _write(self, statement: str, parameters: tuple[Any, ...]) -> bool:
         """Run one statement (autocommit: its own transaction); True when it matched a row."""
         async with self._writer.execute(statement, parameters) as cursor:

@@ -23,11 +23,12 @@ from server.hashing import PasswordHasher
 from server.limits.memory import MemoryRateLimiter
 from server.security import TokenCodec
 from server.service import AuthPolicy, AuthService
+from server.storage.cached import CachedUserStore
 from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
-from server.web.keys import ACCESS_RULES, SERVICE, TRUSTED_PROXIES, Requirement
+from server.web.keys import ACCESS_RULES, SERVICE, STORE, TRUSTED_PROXIES, Requirement
 from server.web.middleware import bearer_auth, error_mapping, request_context
 
 Clock = Callable[[], float]
@@ -61,8 +62,12 @@ def auth_policy(settings: Settings) -> AuthPolicy:
     )
 
 
-def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> web.Application:
-    """The mixauth application for ``settings``; ``clock`` drives the rate limiter (tests pass a fake)."""
+def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> web.Application:
+    """The mixauth application for ``settings``.
+
+    ``clock`` (monotonic) drives the rate limiter and the user cache's checks for outside changes;
+    ``wall_clock`` (seconds since the epoch) decides when remembered tokens expire. Tests pass fakes.
+    """
     app = web.Application(
         middlewares=[request_context, error_mapping, bearer_auth],
         client_max_size=MAX_BODY_BYTES,
@@ -82,11 +87,13 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> web.Appl
         )
         hasher = PasswordHasher(settings.bcrypt_rounds, settings.hash_workers, settings.hash_queue_limit)
         try:
-            async with open_store(settings.data_dir) as store:
+            async with open_store(settings.data_dir) as database:
+                store = CachedUserStore(database, database.data_version, clock=clock)
+                app[STORE] = store
                 app[SERVICE] = AuthService(
                     store=store,
                     hasher=hasher,
-                    tokens=TokenCodec(secret, settings.jwt_token_exp),
+                    tokens=TokenCodec(secret, settings.jwt_token_exp, clock=wall_clock),
                     limiter=MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets),
                     policy=auth_policy(settings),
                 )

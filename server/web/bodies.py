@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from server.domain import BodyNotAnObject, MalformedBody, UnsupportedMediaType
@@ -64,7 +65,18 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 def json_response(data: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers)
+    return web.Response(
+        body=_dumps(data), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    # orjson is about ten times faster than the standard library, but refuses integers beyond 64 bits,
+    # which a user's metadata may hold (the request parser accepts them); those take the slow road.
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

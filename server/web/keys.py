@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.config import IPNetwork
-from server.domain import Principal
+from server.domain import Principal, UserStore
 from server.service import AuthService
 
 
@@ -22,6 +22,7 @@ class Requirement:
 OPEN = Requirement()
 
 SERVICE = web.AppKey("service", AuthService)
+STORE = web.AppKey("store", UserStore)
 ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
 TRUSTED_PROXIES: web.AppKey[tuple[IPNetwork, ...]] = web.AppKey("trusted_proxies")
 

@@ -1,0 +1,128 @@
+"""CachedUserStore: users by id are remembered, and never past a change, wherever the change was made."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.domain import NewUser, User
+from server.security import identifier_key, new_user_id
+from server.storage.cached import CachedUserStore
+from tests.conftest import FakeClock
+from tests.fakes import FakeUserStore
+
+
+class CountingStore(FakeUserStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.hold: asyncio.Event | None = None
+
+    async def get_by_id(self, user_id: str) -> User | None:
+        self.reads += 1
+        user = await super().get_by_id(user_id)
+        if self.hold is not None:
+            await self.hold.wait()
+        return user
+
+
+class Marker:
+    """A stand-in for PRAGMA data_version: bumped when 'another process' writes."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.reads = 0
+
+    async def __call__(self) -> int:
+        self.reads += 1
+        return self.value
+
+
+def new_user(name: str) -> NewUser:
+    return NewUser(
+        id=new_user_id(),
+        username=name,
+        username_key=identifier_key(name),
+        email=f"{name}@example.com",
+        email_key=identifier_key(f"{name}@example.com"),
+        password_hash="$2b$04$" + "x" * 53,
+        scope=("user",),
+        plan="free",
+        metadata=None,
+    )
+
+
+async def setup(max_users: int = 10) -> tuple[CachedUserStore, CountingStore, Marker, FakeClock, str]:
+    store, marker, clock = CountingStore(), Marker(), FakeClock()
+    cached = CachedUserStore(store, marker, max_users=max_users, recheck=1.0, clock=clock)
+    user = await cached.add(new_user("alice"))
+    return cached, store, marker, clock, user.id
+
+
+async def test_a_user_is_read_once_then_remembered() -> None:
+    cached, store, _, _, user_id = await setup()
+    for _ in range(5):
+        user = await cached.get_by_id(user_id)
+        assert user is not None
+        assert user.username == "alice"
+    assert store.reads == 1
+
+
+async def test_unknown_ids_are_not_remembered() -> None:
+    cached, store, _, _, _ = await setup()
+    assert await cached.get_by_id("0" * 24) is None
+    assert await cached.get_by_id("0" * 24) is None
+    assert store.reads == 2
+
+
+async def test_writes_through_the_store_are_seen_on_the_next_read() -> None:
+    cached, _, _, _, user_id = await setup()
+    await cached.get_by_id(user_id)
+    assert await cached.set_scope(user_id, ("admin",))
+    assert (await cached.get_by_id(user_id)).scope == ("admin",)  # type: ignore[union-attr]
+    assert await cached.set_password_hash(user_id, "$2b$04$" + "y" * 53)
+    assert (await cached.get_by_id(user_id)).password_hash.endswith("y" * 53)  # type: ignore[union-attr]
+    assert await cached.delete(user_id)
+    assert await cached.get_by_id(user_id) is None
+
+
+async def test_a_read_racing_a_write_is_not_remembered() -> None:
+    cached, store, _, _, user_id = await setup()
+    gate = asyncio.Event()
+    store.hold = gate
+    stale_read = asyncio.create_task(cached.get_by_id(user_id))
+    await asyncio.sleep(0)  # the read has fetched the old row and waits at the gate
+    store.hold = None
+    assert await cached.set_scope(user_id, ("admin",))
+    gate.set()
+    assert (await stale_read).scope == ("user",)  # type: ignore[union-attr]
+    assert len(cached) == 0  # what it read predates the write, so it was not remembered
+    assert (await cached.get_by_id(user_id)).scope == ("admin",)  # type: ignore[union-attr]
+
+
+async def test_outside_changes_are_noticed_within_the_recheck_interval() -> None:
+    cached, store, marker, clock, user_id = await setup()
+    await cached.get_by_id(user_id)
+    await store.set_scope(user_id, ("admin",))  # behind the cache's back, as another process would
+    marker.value += 1
+    clock.advance(0.5)
+    assert (await cached.get_by_id(user_id)).scope == ("user",)  # type: ignore[union-attr]
+    clock.advance(0.5)
+    assert (await cached.get_by_id(user_id)).scope == ("admin",)  # type: ignore[union-attr]
+
+
+async def test_the_marker_is_read_at_most_once_per_interval() -> None:
+    cached, _, marker, clock, user_id = await setup()
+    for _ in range(50):
+        await cached.get_by_id(user_id)
+    assert marker.reads == 1
+    clock.advance(1.0)
+    await cached.get_by_id(user_id)
+    assert marker.reads == 2
+
+
+async def test_the_cache_is_bounded() -> None:
+    cached, _, _, _, _ = await setup(max_users=3)
+    ids = [(await cached.add(new_user(f"user{n}"))).id for n in range(5)]
+    for user_id in ids:
+        await cached.get_by_id(user_id)
+    assert len(cached) == 3
