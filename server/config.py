@@ -49,6 +49,8 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     hash_workers: int | None = None
     hash_queue_limit: int = 32
+    metrics_enabled: bool = True
+    metrics_port: int | None = None
     password_min_length: int = 6
     default_plan: str = "free"
     log_level: str = "info"
@@ -151,6 +153,23 @@ def parse_networks(value: Any) -> tuple[IPNetwork, ...]:
     return tuple(dict.fromkeys(networks))
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _optional_port(value: Any) -> int | None:
+    """A TCP port, or empty (and 0) for none."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _int_between(0, 65535)(value) or None
+
+
 def _workers(value: Any) -> int | None:
     """A thread count, or ``auto`` (and 0) for one per CPU."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -199,6 +218,12 @@ OPTIONS: tuple[Option, ...] = (
         "hash_queue_limit",
         _int_between(0, 100_000),
         "Password checks allowed to wait for a thread; past it, sign-in and signup answer 503.",
+    ),
+    Option("metrics_enabled", _boolean, "Serve Prometheus metrics at GET /metrics."),
+    Option(
+        "metrics_port",
+        _optional_port,
+        "Serve /metrics on this port (same host) instead of the API's; empty keeps it on the API port.",
     ),
     Option("password_min_length", _int_between(6, 72), "Minimum password length in characters (6 to 72)."),
     Option("default_plan", _text, "Plan given to new users."),

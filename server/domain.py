@@ -26,7 +26,8 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── SignupEmailRateLimited (429 signup_email_rate_limited)
     │   ├── SignupIpRateLimited (429 signup_ip_rate_limited)
     │   └── SignInThrottled (429 signin_throttled)
-    └── Overloaded (503 overloaded)
+    ├── Overloaded (503 overloaded)
+    └── NotReady (503 not_ready)
 """
 
 from __future__ import annotations
@@ -257,6 +258,14 @@ class Overloaded(MixauthError):
 
     def headers(self) -> Mapping[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class NotReady(MixauthError):
+    """The readiness probe: the database did not answer."""
+
+    status = 503
+    code = "not_ready"
+    default_message = "The database does not answer."
 
 
 class UserStore(Protocol):

@@ -102,6 +102,11 @@ class TokenCodec:
     def __repr__(self) -> str:
         return f"TokenCodec(lifetime_seconds={self._lifetime})"
 
+    @property
+    def cached(self) -> int:
+        """Verified tokens remembered now."""
+        return len(self._verified)
+
     def issue(self, user_id: str, scope: tuple[str, ...], now: float | None = None) -> str:
         issued_at = int(time.time() if now is None else now)
         claims = {"id": user_id, "scope": list(scope), "iat": issued_at, "exp": issued_at + self._lifetime}

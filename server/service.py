@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import structlog
 
 from server import validation
 from server.domain import (
+    AuthenticationRequired,
     InsufficientScope,
     InvalidCredentials,
     InvalidToken,
@@ -35,6 +36,39 @@ from server.hashing import PasswordHasher
 from server.security import BCRYPT_MAX_BYTES, TokenCodec, identifier_key, new_user_id
 
 log = structlog.get_logger("mixauth.auth")
+
+# The field that tells each auth event's outcome, counted by observers (metrics) beside the event's name.
+OUTCOME_FIELDS = {
+    "user.created": "via",
+    "user.signup.rejected": "reason",
+    "user.signin.failed": "reason",
+    "user.signin.throttled": "limit",
+    "signup.rate_limited": "limit",
+    "token.rejected": "reason",
+    "authz.denied": "reason",
+}
+
+
+class EventObserver(Protocol):
+    """Told of every auth event as it is logged: its name and its outcome (``OUTCOME_FIELDS``)."""
+
+    def auth_event(self, event: str, outcome: str) -> None: ...
+
+
+class _Unobserved:
+    def auth_event(self, event: str, outcome: str) -> None:
+        pass
+
+
+UNOBSERVED: EventObserver = _Unobserved()
+
+
+def emit(observer: EventObserver, level: str, event: str, **fields: Any) -> None:
+    """Log one auth event as one structured line at ``level``, and tell ``observer``."""
+    getattr(log, level)(event, **fields)
+    outcome = fields.get(OUTCOME_FIELDS.get(event, ""))
+    observer.auth_event(event, "" if outcome is None else str(outcome))
+
 
 ADMIN_SCOPE = "admin"
 DEFAULT_SCOPE: tuple[str, ...] = ("user",)
@@ -71,12 +105,14 @@ class AuthService:
         tokens: TokenCodec,
         limiter: RateLimiter,
         policy: AuthPolicy,
+        observer: EventObserver = UNOBSERVED,
     ) -> None:
         self._store = store
         self._hasher = hasher
         self._tokens = tokens
         self._limiter = limiter
         self._policy = policy
+        self._observer = observer
 
     async def authenticate(self, token: str) -> Principal:
         """The Principal a bearer token names, with the scopes stored for the user now."""
@@ -86,15 +122,27 @@ class AuthService:
             if user is None:
                 raise InvalidToken("unknown_user")
         except InvalidToken as exc:
-            log.warning("token.rejected", reason=exc.reason)
+            emit(self._observer, "warning", "token.rejected", reason=exc.reason)
             raise
         structlog.contextvars.bind_contextvars(user_id=user.id)
         return Principal(user)
 
-    def authorize(self, principal: Principal, scopes: frozenset[str]) -> None:
-        """Raise InsufficientScope unless ``principal`` holds at least one of ``scopes``."""
-        if not principal.has_any_scope(scopes):
-            log.warning("authz.denied", required=sorted(scopes), held=sorted(principal.scopes))
+    def authorize(self, principal: Principal | None, scopes: frozenset[str], route: str | None = None) -> None:
+        """Raise AuthenticationRequired without a principal, and InsufficientScope unless it holds one of
+        ``scopes`` (when there are any)."""
+        if principal is None:
+            emit(self._observer, "info", "authz.denied", reason="no_token", route=route)
+            raise AuthenticationRequired()
+        if scopes and not principal.has_any_scope(scopes):
+            emit(
+                self._observer,
+                "warning",
+                "authz.denied",
+                reason="insufficient_scope",
+                route=route,
+                required=sorted(scopes),
+                held=sorted(principal.scopes),
+            )
             raise InsufficientScope()
 
     async def sign_up(self, body: Mapping[str, Any], client_ip: str, principal: Principal | None) -> str:
@@ -112,7 +160,7 @@ class AuthService:
         return self._tokens.issue(user.id, user.scope)
 
     async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:
-        return await register_user(self._store, self._hasher, self._policy, body, scope, via)
+        return await register_user(self._store, self._hasher, self._policy, body, scope, via, self._observer)
 
     async def sign_in(self, body: Mapping[str, Any], client_ip: str) -> SignIn:
         """Check a username-or-email and password; the same InvalidCredentials for every failure.
@@ -139,7 +187,9 @@ class AuthService:
         decision = await self._limiter.hit([account, address])
         if not decision.allowed:
             limit = "account" if decision.rule == self._policy.signin_account_rule else "ip"
-            log.warning(
+            emit(
+                self._observer,
+                "warning",
                 "user.signin.throttled",
                 limit=limit,
                 identified_by=identified_by,
@@ -155,7 +205,7 @@ class AuthService:
                 matched = await self._hasher.verify(password, user.password_hash)
         except Overloaded:
             await self._limiter.refund([account, address])
-            log.warning("user.signin.overloaded", identified_by=identified_by, user_id=user_id)
+            emit(self._observer, "warning", "user.signin.overloaded", identified_by=identified_by, user_id=user_id)
             raise
         if user is None:
             self._reject_sign_in("unknown_user", identified_by)
@@ -165,12 +215,11 @@ class AuthService:
         await self._limiter.reset([account])
         await self._limiter.refund([address])
         structlog.contextvars.bind_contextvars(user_id=user.id)
-        log.info("user.signin.succeeded", identified_by=identified_by)
+        emit(self._observer, "info", "user.signin.succeeded", identified_by=identified_by)
         return SignIn(user, self._tokens.issue(user.id, user.scope))
 
-    @staticmethod
-    def _reject_sign_in(reason: str, identified_by: str, user_id: str | None = None) -> NoReturn:
-        log.info("user.signin.failed", reason=reason, identified_by=identified_by, user_id=user_id)
+    def _reject_sign_in(self, reason: str, identified_by: str, user_id: str | None = None) -> NoReturn:
+        emit(self._observer, "info", "user.signin.failed", reason=reason, identified_by=identified_by, user_id=user_id)
         raise InvalidCredentials()
 
     async def _charge_signup(self, body: Mapping[str, Any], client_ip: str) -> None:
@@ -183,7 +232,9 @@ class AuthService:
         if decision.allowed:
             return
         email_limited = decision.rule is not None and decision.rule.name == self._policy.signup_email_rule.name
-        log.warning(
+        emit(
+            self._observer,
+            "warning",
             "signup.rate_limited",
             limit="email" if email_limited else "ip",
             retry_after=round(decision.retry_after, 3),
@@ -216,6 +267,7 @@ async def register_user(
     body: Mapping[str, Any],
     scope: Sequence[str],
     via: str,
+    observer: EventObserver = UNOBSERVED,
 ) -> User:
     """Validate, hash and store a new user, without rate limiting (admins and the command line)."""
     try:
@@ -240,7 +292,7 @@ async def register_user(
             )
         )
     except MixauthError as exc:
-        log.info("user.signup.rejected", reason=exc.code, via=via)
+        emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)
         raise
-    log.info("user.created", user_id=user.id, scope=list(user.scope), via=via)
+    emit(observer, "info", "user.created", user_id=user.id, scope=list(user.scope), via=via)
     return user

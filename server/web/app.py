@@ -2,12 +2,14 @@
 
 ``create_app`` does no I/O. The database, the JWT secret and the hashing pool are opened by the cleanup
 context when the application starts (before the port is bound) and closed when it stops; this is the only
-module that names concrete backends.
+module that names concrete backends. With METRICS_PORT set, a second, metrics-only listener lives in a
+cleanup context of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -21,17 +23,21 @@ from server.config import Settings
 from server.domain import Rule
 from server.hashing import PasswordHasher
 from server.limits.memory import MemoryRateLimiter
+from server.metrics import Metrics
 from server.security import TokenCodec
-from server.service import AuthPolicy, AuthService
+from server.service import UNOBSERVED, AuthPolicy, AuthService
 from server.storage.cached import CachedUserStore
 from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
-from server.web.keys import ACCESS_RULES, SERVICE, STORE, TRUSTED_PROXIES, Requirement
-from server.web.middleware import bearer_auth, error_mapping, request_context
+from server.web.keys import ACCESS_RULES, METRICS, READINESS, SERVICE, STORE, TRUSTED_PROXIES, Requirement
+from server.web.middleware import bearer_auth, error_mapping, request_context, request_metrics
 
 Clock = Callable[[], float]
+
+# Probes and scrapes arrive every few seconds: their access lines are written at DEBUG only.
+QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
 def auth_policy(settings: Settings) -> AuthPolicy:
@@ -68,8 +74,14 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     ``clock`` (monotonic) drives the rate limiter and the user cache's checks for outside changes;
     ``wall_clock`` (seconds since the epoch) decides when remembered tokens expire. Tests pass fakes.
     """
+    metrics = Metrics() if settings.metrics_enabled else None
     app = web.Application(
-        middlewares=[request_context, error_mapping, bearer_auth],
+        middlewares=[
+            *([request_metrics] if metrics is not None else []),
+            request_context,
+            error_mapping,
+            bearer_auth,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[TRUSTED_PROXIES] = settings.trusted_proxies
@@ -89,24 +101,74 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         try:
             async with open_store(settings.data_dir) as database:
                 store = CachedUserStore(database, database.data_version, clock=clock)
+                limiter = MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets)
+                tokens = TokenCodec(secret, settings.jwt_token_exp, clock=wall_clock)
                 app[STORE] = store
+                app[READINESS] = database
                 app[SERVICE] = AuthService(
                     store=store,
                     hasher=hasher,
-                    tokens=TokenCodec(secret, settings.jwt_token_exp, clock=wall_clock),
-                    limiter=MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets),
+                    tokens=tokens,
+                    limiter=limiter,
                     policy=auth_policy(settings),
+                    observer=metrics if metrics is not None else UNOBSERVED,
                 )
+                if metrics is not None:
+                    _watch(metrics, limiter, hasher, tokens, store)
                 yield
         finally:
             await asyncio.to_thread(hasher.close)
 
     app.cleanup_ctx.append(services)
+    if metrics is not None:
+        app[METRICS] = metrics
+        if settings.metrics_port is None:
+            app.router.add_get("/metrics", handlers.get_metrics, name="metrics", allow_head=False)
+        else:
+            app.cleanup_ctx.append(_metrics_listener(metrics, settings.host, settings.metrics_port))
+    app.router.add_get("/health/live", handlers.health_live, name="health_live", allow_head=False)
+    app.router.add_get("/health/ready", handlers.health_ready, name="health_ready", allow_head=False)
     app.router.add_post("/user/auth", handlers.sign_in, name="sign_in")
     app.router.add_post("/user", handlers.create_user, name="create_user")
     app.router.add_get("/user", handlers.get_user, name="get_user", allow_head=False)
     app.router.add_get("/openapi.json", handlers.get_openapi, name="openapi", allow_head=False)
     return app
+
+
+def _watch(
+    metrics: Metrics, limiter: MemoryRateLimiter, hasher: PasswordHasher, tokens: TokenCodec, store: CachedUserStore
+) -> None:
+    metrics.gauge("mixauth_rate_limit_buckets", "Rate-limit buckets live in memory.", lambda: len(limiter))
+    metrics.gauge(
+        "mixauth_rate_limit_evicted_buckets",
+        "Buckets forgotten since start to stay under the cap.",
+        lambda: limiter.evictions,
+    )
+    metrics.gauge("mixauth_password_hash_workers", "Threads hashing passwords.", lambda: hasher.workers)
+    metrics.gauge("mixauth_password_hash_busy_workers", "Threads hashing a password now.", lambda: hasher.busy)
+    metrics.gauge("mixauth_password_hash_queue_depth", "Password checks waiting for a thread.", lambda: hasher.queued)
+    metrics.gauge("mixauth_token_cache_entries", "Verified tokens remembered.", lambda: tokens.cached)
+    metrics.gauge("mixauth_user_cache_entries", "Users remembered by id.", lambda: len(store))
+
+
+def _metrics_listener(metrics: Metrics, host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context serving only GET /metrics on ``port``, for as long as the application runs."""
+
+    async def listener(_app: web.Application) -> AsyncIterator[None]:
+        metrics_app = web.Application()
+        metrics_app[METRICS] = metrics
+        metrics_app.router.add_get("/metrics", handlers.get_metrics, allow_head=False)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(exc.errno, f"metrics port {port}: {exc.strerror}") from None
+        yield
+        await runner.cleanup()
+
+    return listener
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -115,16 +177,38 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 class JsonAccessLogger(AbstractAccessLogger):
-    """aiohttp's access log as one structured line per request, in the same JSON as everything else."""
+    """The canonical log line: one structured line per request, written when the response has been sent.
+
+    It carries the method, the route (the path pattern, so that ids in paths do not split one route into
+    many), the status, the duration and the size; the request id, client IP and user id (when known) come
+    from the request's log context, bound by the middlewares. Health checks are logged at DEBUG only, so
+    that a probe every few seconds does not fill the log at INFO.
+    """
 
     _log = structlog.get_logger("mixauth.access")
+    _level_source = logging.getLogger("mixauth.access")
+
+    @property
+    def enabled(self) -> bool:
+        # aiohttp skips the call (and the timing) altogether when this is False.
+        return self._level_source.isEnabledFor(logging.INFO)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        self._log.info(
+        route = _route_of(request)
+        quiet = route in QUIET_ROUTES
+        if quiet and not self._level_source.isEnabledFor(logging.DEBUG):
+            return
+        (self._log.debug if quiet else self._log.info)(
             "http.request",
             method=request.method,
-            path=request.path,
+            route=route,
             status=response.status,
             duration_ms=round(time * 1000, 3),
             bytes=response.body_length,
         )
+
+
+def _route_of(request: BaseRequest) -> str | None:
+    match_info = getattr(request, "match_info", None)
+    resource = match_info.route.resource if match_info is not None else None
+    return resource.canonical if resource is not None else None

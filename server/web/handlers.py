@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import structlog
 from aiohttp import web
 
-from server.domain import User
+from server.domain import NotReady, User
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.web.bodies import json_response, read_json_object
-from server.web.keys import CLIENT_IP, PRINCIPAL, SERVICE
+from server.web.keys import CLIENT_IP, METRICS, PRINCIPAL, READINESS, SERVICE
 from server.web.openapi import OPENAPI_DOCUMENT
+
+log = structlog.get_logger("mixauth.health")
+
+READINESS_TIMEOUT = 2.0
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -59,3 +66,20 @@ async def get_user(request: web.Request) -> web.Response:
 
 async def get_openapi(request: web.Request) -> web.Response:
     return json_response(OPENAPI_DOCUMENT)
+
+
+async def health_live(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(request.app[READINESS].data_version(), READINESS_TIMEOUT)
+    except Exception as exc:  # any failure of the probe query means "not ready"; the reason goes to the log
+        log.warning("health.not_ready", error=type(exc).__name__)
+        raise NotReady() from None
+    return json_response({"status": "ok"})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from server.config import IPNetwork
 from server.domain import Principal, UserStore
+from server.metrics import Metrics
 from server.service import AuthService
 
 
@@ -23,6 +25,16 @@ OPEN = Requirement()
 
 SERVICE = web.AppKey("service", AuthService)
 STORE = web.AppKey("store", UserStore)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+class Probe(Protocol):
+    async def data_version(self) -> int:
+        """A cheap database query: the readiness check's answer."""
+        ...
+
+
+READINESS = web.AppKey("readiness", Probe)
 ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
 TRUSTED_PROXIES: web.AppKey[tuple[IPNetwork, ...]] = web.AppKey("trusted_proxies")
 

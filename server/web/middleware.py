@@ -1,5 +1,7 @@
-"""The three middlewares, outermost first.
+"""The middlewares, outermost first.
 
+- ``request_metrics`` (when metrics are enabled): counts and times every answered request by route,
+  method and status.
 - ``request_context``: gives each request an id and its client IP (resolved through trusted proxies), binds
   both into the log context and returns the id in ``X-Request-Id``.
 - ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
@@ -11,18 +13,19 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
+import time
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.domain import AuthenticationRequired, InvalidForwardedFor, MixauthError
+from server.domain import InvalidForwardedFor, MixauthError
 from server.logs import bind_request
 from server.web.bodies import MAX_BODY_BYTES, error_response
 from server.web.client_ip import resolve_client_ip
-from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE, TRUSTED_PROXIES
+from server.web.keys import ACCESS_RULES, CLIENT_IP, METRICS, OPEN, PRINCIPAL, SERVICE, TRUSTED_PROXIES
 
 log = structlog.get_logger("mixauth.http")
 
@@ -35,12 +38,29 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     413: ("body_too_large", f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."),
 }
 _PASSED_ON_HEADERS = ("Allow",)
+# Methods are a label of the request metrics; anything else is counted as "other", so that made-up
+# methods cannot multiply the metric's series.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@web.middleware
+async def request_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    request.app[METRICS].request_answered(
+        resource.canonical if resource is not None else "unmatched",
+        request.method if request.method in _KNOWN_METHODS else "other",
+        response.status,
+        time.perf_counter() - started,
+    )
+    return response
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     trusted = request.app[TRUSTED_PROXIES]
     try:
         client_ip = resolve_client_ip(request.remote, request.headers.getall("X-Forwarded-For", ()), trusted)
@@ -84,12 +104,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     route_name = request.match_info.route.name
     requirement = request.app[ACCESS_RULES].get(route_name or "", OPEN)
     if requirement.authenticated or requirement.scopes:
-        principal_or_none = request.get(PRINCIPAL)
-        if principal_or_none is None:
-            log.info("authz.denied", reason="no_token", route=route_name)
-            raise AuthenticationRequired()
-        if requirement.scopes:
-            service.authorize(principal_or_none, requirement.scopes)
+        service.authorize(request.get(PRINCIPAL), requirement.scopes, route_name)
     return await handler(request)
 
 

@@ -1,0 +1,68 @@
+"""Request ids and the canonical access line: one per request, tying together every line of that request."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from server.logs import configure_logging
+from tests.conftest import PASSWORD, ClientFactory, bearer, sign_up
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_one_canonical_line_per_request_with_the_ids_of_its_other_lines(make_client: ClientFactory) -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    client = await make_client()
+    token = await sign_up(client)
+    stream.truncate(0)
+    stream.seek(0)
+    response = await client.post("/user/auth", json={"username": "abc@example.com", "password": PASSWORD})
+    assert response.status == 200
+    request_id = response.headers["X-Request-Id"]
+    lines = log_lines(stream)
+    assert {line["request_id"] for line in lines} == {request_id}
+    assert [line["event"] for line in lines] == ["user.signin.succeeded", "http.request"]
+    access = lines[-1]
+    user_id = (await (await client.get("/user", headers=bearer(token))).json())["id"]
+    assert access["method"] == "POST"
+    assert access["route"] == "/user/auth"
+    assert access["status"] == 200
+    assert access["duration_ms"] > 0
+    assert access["client_ip"] == "127.0.0.1"
+    assert access["user_id"] == user_id
+    assert access["logger"] == "mixauth.access"
+
+
+async def test_an_anonymous_request_has_no_user_id_and_an_unknown_path_no_route(make_client: ClientFactory) -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    client = await make_client()
+    await client.get("/user")
+    await client.get("/no/such/page?token=secret-looking")
+    first, second = [line for line in log_lines(stream) if line["event"] == "http.request"]
+    assert (first["route"], first["status"]) == ("/user", 401)
+    assert "user_id" not in first
+    assert (second["route"], second["status"]) == (None, 404)
+    assert "secret-looking" not in stream.getvalue()  # query strings are never logged
+
+
+async def test_a_valid_incoming_request_id_is_kept_and_a_bad_one_replaced(make_client: ClientFactory) -> None:
+    client = await make_client()
+    kept = await client.get("/health/live", headers={"X-Request-Id": "edge-proxy:1234.abc_DEF-9"})
+    assert kept.headers["X-Request-Id"] == "edge-proxy:1234.abc_DEF-9"
+    for bad in ("has space", "x" * 129, "new\\nline", ""):
+        replaced = await client.get("/health/live", headers={"X-Request-Id": bad})
+        assert replaced.headers["X-Request-Id"] != bad
+        assert len(replaced.headers["X-Request-Id"]) == 32
+    assert (await client.get("/health/live")).headers["X-Request-Id"] != (await client.get("/health/live")).headers[
+        "X-Request-Id"
+    ]
