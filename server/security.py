@@ -33,8 +33,14 @@ def new_user_id(now: float | None = None) -> str:
 
 
 def identifier_key(value: str) -> str:
-    """The form usernames and emails are matched and kept unique by: trimmed, NFKC, case-folded."""
-    return unicodedata.normalize("NFKC", value.strip()).casefold()
+    """The form usernames and emails are matched and kept unique by: NFKC, case-folded, NFKC again, trimmed.
+
+    Normalising first and trimming last makes the key the same for every normal form (NFKC can turn a
+    character into white space and a combining mark); the second NFKC because case folding can leave a
+    string that is no longer normalised (some Greek letters). ``identifier_key(identifier_key(x))`` is
+    ``identifier_key(x)``.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
 
 
 def password_bytes(password: str) -> bytes:
@@ -148,6 +154,9 @@ class TokenCodec:
             raise InvalidToken("missing_claim") from None
         except jwt.PyJWTError:
             raise InvalidToken("malformed") from None
+        # PyJWT compares int(exp) and int(iat), which a string of digits passes; RFC 7519 wants numbers.
+        if any(isinstance(claims[name], bool) or not isinstance(claims[name], int | float) for name in ("exp", "iat")):
+            raise InvalidToken("malformed")
         user_id = claims["id"]
         scope = claims.get("scope", [])
         if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3 as sqlite3_driver
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -280,15 +281,18 @@ async def test_writes_are_seen_by_another_store_on_the_same_data(open_store: Ope
 # SQLite's own guarantees.
 
 
+ALL_VERSIONS = list(range(1, len(MIGRATIONS) + 1))
+
+
 async def read_versions(path: Path) -> list[int]:
     async with aiosqlite.connect(path) as connection, connection.execute("SELECT version FROM schema_version") as cur:
         return [int(row[0]) for row in await cur.fetchall()]
 
 
-async def test_schema_version_holds_the_newest_version_once(tmp_path: Path) -> None:
+async def test_schema_version_records_each_version_once(tmp_path: Path) -> None:
     async with sqlite.open_store(tmp_path):
         pass
-    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
+    assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS
 
 
 async def test_reopening_does_not_rerun_migrations(tmp_path: Path) -> None:
@@ -297,14 +301,14 @@ async def test_reopening_does_not_rerun_migrations(tmp_path: Path) -> None:
         await store.add(user)
     async with sqlite.open_store(tmp_path) as store:
         assert await store.get_by_id(user.id) == user.as_user()
-    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
+    assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS
 
 
 async def test_migrate_reports_the_newest_version(tmp_path: Path) -> None:
     async with aiosqlite.connect(tmp_path / DATABASE_FILE, isolation_level=None) as connection:
         assert await sqlite.migrate(connection) == len(MIGRATIONS)
         assert await sqlite.migrate(connection) == len(MIGRATIONS)
-    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS)]
+    assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS
 
 
 async def test_a_schema_newer_than_this_code_is_refused(tmp_path: Path) -> None:
@@ -317,7 +321,7 @@ async def test_a_schema_newer_than_this_code_is_refused(tmp_path: Path) -> None:
         async with sqlite.open_store(tmp_path):
             pytest.fail("the store opened a database with a newer schema")
     # Refusing changed nothing.
-    assert await read_versions(tmp_path / DATABASE_FILE) == [len(MIGRATIONS), len(MIGRATIONS) + 1]
+    assert await read_versions(tmp_path / DATABASE_FILE) == [*ALL_VERSIONS, len(MIGRATIONS) + 1]
 
 
 async def test_the_database_file_is_in_wal_mode(tmp_path: Path) -> None:
@@ -374,3 +378,27 @@ async def test_a_write_waits_for_another_processs_write_lock(tmp_path: Path) -> 
         stored = await store.get_by_id(alice.id)
         assert stored is not None
         assert (stored.plan, stored.scope) == ("locked", ("admin",))
+
+
+async def test_identifier_keys_made_before_normalising_first_are_rekeyed(tmp_path: Path) -> None:
+    """Schema 2 recomputes keys that the first identifier_key (trim, then NFKC) made differently."""
+    old_key = unicodedata.normalize("NFKC", "\u00b4x".strip()).casefold()  # trimmed first: NFKC's space stays
+    assert old_key != identifier_key("\u00b4x")
+    path = tmp_path / DATABASE_FILE
+    async with aiosqlite.connect(path, isolation_level=None) as connection:
+        await connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT")
+        first = MIGRATIONS[0]
+        assert isinstance(first, str)
+        await connection.executescript(first)
+        await connection.execute("INSERT INTO schema_version (version) VALUES (1)")
+        insert = (
+            "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan)"
+            " VALUES (?, ?, ?, ?, ?, 'h', '[\"user\"]', 'free')"
+        )
+        old = new_user_id()
+        await connection.execute(insert, (old, "\u00b4x", old_key, "a@example.com", "a@example.com"))
+    async with sqlite.open_store(tmp_path) as store:
+        user = await store.get_by_username(identifier_key("\u00b4x"))
+        assert user is not None
+        assert user.id == old
+        assert await store.get_by_username(identifier_key(" \u0301x")) == user  # the same name in another form

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,37 @@ from typing import Any
 import aiosqlite
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken
+from server.security import identifier_key
 from server.storage import StorageError
 
 DATABASE_FILE = "mixauth.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 
-# Each entry moves the schema from version N to N + 1; applied in order, each in its own transaction.
-MIGRATIONS: tuple[str, ...] = (
+
+async def _rekey_identifiers(connection: aiosqlite.Connection) -> None:
+    """Recompute every username and email key after ``identifier_key`` began normalising before trimming.
+
+    Only names with rare characters change. A new key that another user already holds is left as it was
+    (UPDATE OR IGNORE) rather than stopping start-up; that user still signs in by the old spelling.
+    """
+    async with connection.execute("SELECT id, username, email, username_key, email_key FROM users") as cursor:
+        rows = await cursor.fetchall()
+    for user_id, username, email, username_key, email_key in rows:
+        if identifier_key(username) != username_key:
+            await connection.execute(
+                "UPDATE OR IGNORE users SET username_key = ? WHERE id = ?", (identifier_key(username), user_id)
+            )
+        if identifier_key(email) != email_key:
+            await connection.execute(
+                "UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (identifier_key(email), user_id)
+            )
+
+
+Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+
+# Each entry moves the schema from version N to N + 1 (SQL statements, or a function for data changes);
+# all pending ones are applied in one transaction.
+MIGRATIONS: tuple[Migration, ...] = (
     """
     CREATE TABLE users (
         id            TEXT PRIMARY KEY,
@@ -51,6 +75,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX users_username_key ON users (username_key);
     CREATE UNIQUE INDEX users_email_key ON users (email_key);
     """,
+    _rekey_identifiers,
 )
 
 _SELECT = "SELECT id, username, email, scope, plan, is_active, password_hash, metadata FROM users WHERE "
@@ -184,9 +209,13 @@ async def migrate(connection: aiosqlite.Connection) -> int:
                 f"the database schema is version {current}, newer than this mixauth knows ({len(MIGRATIONS)})"
             )
         for version in range(current, len(MIGRATIONS)):
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    await connection.execute(statement)
+            migration = MIGRATIONS[version]
+            if isinstance(migration, str):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        await connection.execute(statement)
+            else:
+                await migration(connection)
             await connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
         await connection.execute("COMMIT")
     except BaseException:

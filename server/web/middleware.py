@@ -96,9 +96,10 @@ async def error_mapping(request: web.Request, handler: Handler) -> web.StreamRes
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     service = request.app[SERVICE]
-    header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, token = header.strip().partition(" ")
+    headers = request.headers.getall("Authorization", ())
+    if headers:
+        # Two Authorization headers are ambiguous (proxies may pick either): refused like a bad token.
+        scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
         principal = await service.authenticate(token.strip() if scheme.lower() == "bearer" else "")
         request[PRINCIPAL] = principal
     route_name = request.match_info.route.name
