@@ -71,6 +71,46 @@ class Option:
     def env(self) -> str:
         return self.key.upper()
 
+    @property
+    def flag(self) -> str | None:
+        """The command-line flag that sets it, for the few that have one."""
+        return "--" + self.key.replace("_", "-") if self.key in FLAG_KEYS else None
+
+
+# Settings that `python -m server` also takes as flags (--host, --port, --data-dir).
+FLAG_KEYS = ("host", "port", "data_dir")
+# How a default is written where its value alone would mislead.
+_DEFAULT_TEXT = {
+    "jwt_secret": "generated, kept in data_dir",
+    "jwt_token_exp": "30d",
+    "api_user_create_scope": "empty (open)",
+    "trusted_proxies": "empty (none)",
+    "hash_workers": "auto (one per CPU)",
+    "metrics_port": "empty (the API port)",
+}
+
+
+def default_text(option: Option) -> str:
+    """The default of ``option`` as the README and ``check-config`` show it."""
+    if option.key in _DEFAULT_TEXT:
+        return _DEFAULT_TEXT[option.key]
+    value = getattr(Settings(), option.key)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def reference_markdown() -> str:
+    """The README's table of every setting, generated from ``OPTIONS`` (a test keeps the two equal)."""
+    rows = [
+        "| file key | environment variable | flag | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for option in OPTIONS:
+        flag = f"`{option.flag}`" if option.flag else ""
+        rows.append(f"| `{option.key}` | `{option.env}` | {flag} | `{default_text(option)}` | {option.help} |")
+    return "\n".join(rows) + "\n"
+
 
 def _int_between(low: int, high: int) -> Parser:
     def parse(value: Any) -> int:
@@ -279,3 +319,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+if __name__ == "__main__":
+    # python -m server.config prints the README's settings table.
+    print(reference_markdown(), end="")

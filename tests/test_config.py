@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.config import OPTIONS, OPTIONS_BY_KEY, ConfigError, Settings, load_settings, parse_duration, parse_scopes
+from server.config import (
+    OPTIONS,
+    OPTIONS_BY_KEY,
+    ConfigError,
+    Settings,
+    default_text,
+    load_settings,
+    parse_duration,
+    parse_scopes,
+    reference_markdown,
+)
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 GOOD_SECRET = "s" * 32
@@ -435,3 +446,20 @@ def test_trusted_proxies_come_from_the_environment_as_a_list() -> None:
     settings = load_settings(None, {"TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
     assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
     assert settings.sources["trusted_proxies"] == "env"
+
+
+def test_the_readme_documents_every_setting_as_the_code_defines_it() -> None:
+    readme = (REPO_CONFIG.parent / "README.md").read_text()
+    match = re.search(r"<!-- settings:start -->\n(.*?)<!-- settings:end -->", readme, re.DOTALL)
+    assert match, "README.md has no settings table between its markers"
+    assert match.group(1) == reference_markdown(), "regenerate it with: python3 -m server.config"
+    for option in OPTIONS:
+        assert f"| `{option.key}` | `{option.env}` |" in match.group(1)
+
+
+def test_defaults_written_as_text_mean_the_real_defaults() -> None:
+    assert parse_duration(default_text(OPTIONS_BY_KEY["jwt_token_exp"])) == Settings().jwt_token_exp
+    assert OPTIONS_BY_KEY["hash_workers"].parse("auto") == Settings().hash_workers
+    assert OPTIONS_BY_KEY["metrics_port"].parse("") == Settings().metrics_port
+    assert OPTIONS_BY_KEY["trusted_proxies"].parse("") == Settings().trusted_proxies
+    assert OPTIONS_BY_KEY["api_user_create_scope"].parse("") == Settings().api_user_create_scope

@@ -129,6 +129,27 @@ def test_dockerfile_runs_as_non_root_with_data_in_a_volume() -> None:
     assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, re.MULTILINE)
 
 
+def dockerfile_healthcheck() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    match = re.search(r"^HEALTHCHECK .*CMD (\[.*\])$", text, re.MULTILINE)
+    assert match, "the Dockerfile has no HEALTHCHECK ... CMD [...]"
+    command: list[str] = json.loads(match.group(1))
+    return command
+
+
+async def test_the_dockerfile_health_check_passes_against_a_live_server(server: Server, tmp_path: Path) -> None:
+    command = dockerfile_healthcheck()
+    assert command[0] == "python3"
+    port = server.url.rsplit(":", 1)[1]
+    env = base_env(PORT=port, HOST="0.0.0.0")  # as in the image: the check asks 127.0.0.1
+    healthy = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30, check=False)
+    assert healthy.returncode == 0, healthy.stderr
+    server.stop()
+    sick = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30, check=False)
+    assert sick.returncode == 1
+    assert sick.stderr.decode().startswith("mixauth healthcheck: http://127.0.0.1:")
+
+
 async def test_seed_examples_against_the_image_start_command(server: Server, tmp_path: Path) -> None:
     signup = {"username": "abc@example.com", "email": "abc@example.com", "password": CANARY_PASSWORD}
     async with aiohttp.ClientSession(server.url) as http:
