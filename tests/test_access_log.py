@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -66,3 +67,22 @@ async def test_a_valid_incoming_request_id_is_kept_and_a_bad_one_replaced(make_c
     assert (await client.get("/health/live")).headers["X-Request-Id"] != (await client.get("/health/live")).headers[
         "X-Request-Id"
     ]
+
+
+async def test_a_request_the_http_parser_refuses_is_logged_as_one_access_line(make_client: ClientFactory) -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    client = await make_client()
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"FOO /user HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    assert status_line.split()[1] == b"400"
+    await client.get("/health/live")  # the refused request's line is written before this one's
+    lines = log_lines(stream)
+    assert [line["level"] for line in lines if line["level"] in {"error", "critical"}] == []
+    refused = [line for line in lines if line["event"] == "http.request" and line["status"] == 400]
+    assert len(refused) == 1
+    assert refused[0]["route"] is None

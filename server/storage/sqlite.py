@@ -129,8 +129,7 @@ class SqliteUserStore:
         query, parameters = _SELECT_PAGE, [after or "", limit]
         if scope is not None:
             query, parameters = _SELECT_PAGE_WITH_SCOPE, [after or "", scope, limit]
-        async with self._reader.execute(query, parameters) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._reader.execute_fetchall(query, parameters)
         return [_user_from_row(row) for row in rows]
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
@@ -145,9 +144,8 @@ class SqliteUserStore:
     async def data_version(self) -> int:
         """A number that changes whenever another connection commits: another process (the admin command
         line), or this store's own writer. One cheap query; readiness checks use it too."""
-        async with self._reader.execute("PRAGMA data_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row is not None else 0
+        rows = list(await self._reader.execute_fetchall("PRAGMA data_version"))
+        return int(rows[0][0]) if rows else 0
 
     async def _write(self, statement: str, parameters: tuple[Any, ...]) -> bool:
         """Run one statement (autocommit: its own transaction); True when it matched a row."""
@@ -155,9 +153,9 @@ class SqliteUserStore:
             return cursor.rowcount > 0
 
     async def _one(self, query: str, value: str) -> User | None:
-        async with self._reader.execute(query, (value,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _user_from_row(row)
+        # One hop to the database thread and back (execute, fetch and close in one), not three.
+        rows = list(await self._reader.execute_fetchall(query, (value,)))
+        return _user_from_row(rows[0]) if rows else None
 
 
 def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> User:

@@ -156,6 +156,7 @@ def _metrics_listener(metrics: Metrics, host: str, port: int) -> Callable[[web.A
 
     async def listener(_app: web.Application) -> AsyncIterator[None]:
         metrics_app = web.Application()
+        metrics_app.on_response_prepare.append(_security_headers)
         metrics_app[METRICS] = metrics
         metrics_app.router.add_get("/metrics", handlers.get_metrics, allow_head=False)
         runner = web.AppRunner(metrics_app, access_log=None)
@@ -209,6 +210,10 @@ class JsonAccessLogger(AbstractAccessLogger):
 
 
 def _route_of(request: BaseRequest) -> str | None:
-    match_info = getattr(request, "match_info", None)
-    resource = match_info.route.resource if match_info is not None else None
+    # A request aiohttp's parser refused (say, an unknown method) never reached the router, and its
+    # match_info property asserts: such a request has no route.
+    try:
+        resource = request.match_info.route.resource  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):
+        return None
     return resource.canonical if resource is not None else None

@@ -23,8 +23,10 @@ def resolve_client_ip(peer: str | None, forwarded_for: Iterable[str], trusted: S
     """
     if peer is None:
         return "unknown"
+    if not trusted:
+        return peer  # the common case, on every request: nothing to parse
     peer_address = _parse(peer)
-    if peer_address is None or not trusted or not _is_trusted(peer_address, trusted):
+    if peer_address is None or not _is_trusted(peer_address, trusted):
         return str(peer_address) if peer_address is not None else peer
     hops: list[IPAddress] = []
     for value in forwarded_for:

@@ -1,0 +1,17 @@
+"""mixauth's benchmark: ``python -m bench`` (HTTP throughput, latency, bcrypt ceiling, start-up, RSS) and
+``python -m bench.limiter_memory`` (bytes per live rate-limiter bucket).
+
+Modules, one job each:
+
+- ``bench.__main__``: the command line; picks the settings and calls ``bench.suite``.
+- ``bench.suite``: the run itself, phase by phase, and the ratios between the figures.
+- ``bench.servers``: starting, probing, measuring and stopping the mixauth and ceiling subprocesses.
+- ``bench.ceiling``: the bare aiohttp server that answers GET /user's body with no work at all.
+- ``bench.wrk``: running ``wrk`` with the Lua scripts in ``bench/lua`` and parsing its output.
+- ``bench.bcrypt_ceiling``: bcrypt checks per second on this machine, in-process, on N threads.
+- ``bench.machine``: what the machine and the software are (CPU, cores, versions, load).
+- ``bench.report``: the results JSON, the Markdown table and the PNG chart.
+- ``bench.limiter_memory``: the separate limiter-memory benchmark.
+
+Nothing here runs in CI except a one-second smoke run (``tests/test_bench_smoke.py``).
+"""

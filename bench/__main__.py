@@ -1,0 +1,119 @@
+"""``python -m bench``: the command line. It checks for wrk, turns the flags into a ``Plan``, runs it and
+writes the results; the run itself is ``bench.suite``'s.
+
+Exit codes: 0 done, 2 wrk missing or a bad flag, 1 the benchmark failed (a server did not start or died),
+130 interrupted (Ctrl-C). The servers and wrk are stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import report, suite
+from bench.client import ClientError
+from bench.servers import ServerError
+from bench.wrk import INSTALL_HINT, WrkError, wrk_path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_CONNECTIONS = (8, 32, 128)
+QUICK_CONNECTIONS = (8, 64)
+
+
+def connection_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not counts or any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError("connection counts must be 1 or more")
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark mixauth against a bare aiohttp server and the raw bcrypt ceiling, over loopback "
+        "with wrk. About 5 minutes by default, under a minute with --quick (sign-in and signup runs stretch "
+        "on a slow or busy machine until about 30 answers fit).",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 run of 2 s per point, connections 8 and 64")
+    parser.add_argument("--duration", type=int, metavar="S", help="seconds per wrk run (default 8; quick 2)")
+    parser.add_argument("--connections", type=connection_counts, metavar="N,N", help="default 8,32,128")
+    parser.add_argument("--repeats", type=int, metavar="N", help="runs per point, medians reported (default 3)")
+    parser.add_argument("--starts", type=int, metavar="N", help="start-up samples per server (default 5; quick 3)")
+    parser.add_argument("--bcrypt-rounds", type=int, metavar="N", help="bcrypt cost (default: the server's, 12)")
+    parser.add_argument(
+        "--hash-workers",
+        type=int,
+        metavar="N",
+        help="mixauth's HASH_WORKERS and the bcrypt ceiling's threads (default: CPU count)",
+    )
+    parser.add_argument(
+        "--bcrypt-connections",
+        type=int,
+        metavar="N",
+        help="connections for sign-in, signup and the sign-in flood (default: 2 per hashing thread)",
+    )
+    parser.add_argument(
+        "--flood-connections",
+        type=int,
+        metavar="N",
+        help="GET /user connections during the sign-in flood (default: the middle connection count)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"output directory (default {RESULTS_DIR})")
+    return parser
+
+
+def make_plan(args: argparse.Namespace) -> suite.Plan:
+    connections: tuple[int, ...] = args.connections or (QUICK_CONNECTIONS if args.quick else DEFAULT_CONNECTIONS)
+    duration: int = args.duration or (2 if args.quick else 8)
+    repeats: int = args.repeats or (1 if args.quick else 3)
+    workers: int = args.hash_workers or max(1, os.cpu_count() or 1)
+    for name, value in (("--duration", duration), ("--repeats", repeats), ("--hash-workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name} must be 1 or more")
+    return suite.Plan(
+        connections=connections,
+        repeats=repeats,
+        duration_s=duration,
+        starts=args.starts or (3 if args.quick else 5),
+        hash_workers=workers,
+        bcrypt_rounds=args.bcrypt_rounds,
+        bcrypt_connections=args.bcrypt_connections or 2 * workers,
+        flood_connections=args.flood_connections or sorted(connections)[len(connections) // 2],
+        # A bcrypt ceiling sample needs a few checks per thread; 3 s is about a dozen each at cost 12.
+        bcrypt_seconds=float(min(duration, 3)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if wrk_path() is None:
+        print(f"bench: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    try:
+        plan = make_plan(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        results = suite.run(plan)
+    except (ServerError, WrkError, ClientError) as exc:
+        print(f"bench: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers and wrk stopped, nothing written", file=sys.stderr)
+        return 130
+    json_path, md_path, png_path = report.write(results, args.out)
+    written = ", ".join(str(path) for path in (json_path, md_path, png_path) if path is not None)
+    suite.say(f"done in {results['elapsed_s']} s; wrote {written}")
+    print(md_path.read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
