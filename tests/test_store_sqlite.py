@@ -402,3 +402,10 @@ async def test_identifier_keys_made_before_normalising_first_are_rekeyed(tmp_pat
         assert user is not None
         assert user.id == old
         assert await store.get_by_username(identifier_key(" \u0301x")) == user  # the same name in another form
+
+
+async def test_the_database_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    async with sqlite.open_store(tmp_path) as store:
+        await store.add(new_user())
+        for name in (DATABASE_FILE, DATABASE_FILE + "-wal", DATABASE_FILE + "-shm"):
+            assert (tmp_path / name).stat().st_mode & 0o077 == 0, name

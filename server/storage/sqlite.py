@@ -222,6 +222,13 @@ async def migrate(connection: aiosqlite.Connection) -> int:
     return len(MIGRATIONS)
 
 
+def _owner_only(path: Path) -> None:
+    """Password hashes live here: readable by the owner only (SQLite gives its -wal and -shm files the
+    database file's mode). A file owned by someone else is left as its owner set it."""
+    with contextlib.suppress(PermissionError):
+        path.chmod(0o600)
+
+
 @asynccontextmanager
 async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
     """Open (creating and migrating when needed) the database in ``data_dir``; close it on exit."""
@@ -231,6 +238,7 @@ async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
         try:
             writer = await _connect(path)
             stack.push_async_callback(writer.close)
+            await asyncio.to_thread(_owner_only, path)
             await migrate(writer)
             reader = await _connect(path)
             stack.push_async_callback(reader.close)
