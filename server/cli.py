@@ -46,7 +46,8 @@ from server.security import USER_ID_PATTERN
 from server.service import register_user
 from server.storage import StorageError
 from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
-from server.web.app import JsonAccessLogger, auth_policy, create_app
+from server.web.access import AccessLog
+from server.web.app import auth_policy, create_app
 
 T = TypeVar("T")
 
@@ -197,7 +198,7 @@ def main(
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, cache=True)
     loop, loop_name = _event_loop()
     structlog.get_logger("mixauth.server").info(
         "server.starting", version=__version__, host=settings.host, port=settings.port, loop=loop_name
@@ -207,7 +208,7 @@ def serve(settings: Settings) -> int:
             create_app(settings),
             host=settings.host,
             port=settings.port,
-            access_log_class=JsonAccessLogger,
+            access_log_class=AccessLog,
             print=None,
             loop=loop,
         )

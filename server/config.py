@@ -85,7 +85,7 @@ _DEFAULT_TEXT = {
     "jwt_token_exp": "30d",
     "api_user_create_scope": "empty (open)",
     "trusted_proxies": "empty (none)",
-    "hash_workers": "auto (one per CPU)",
+    "hash_workers": "auto",
     "metrics_port": "empty (the API port)",
 }
 
@@ -211,7 +211,7 @@ def _optional_port(value: Any) -> int | None:
 
 
 def _workers(value: Any) -> int | None:
-    """A thread count, or ``auto`` (and 0) for one per CPU."""
+    """A thread count, or ``auto`` (and 0) for the default: one per CPU but one."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     return _int_between(0, 256)(value) or None
@@ -253,7 +253,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_networks,
         "Proxies (addresses, CIDR ranges) whose X-Forwarded-For is believed; empty trusts none.",
     ),
-    Option("hash_workers", _workers, "Threads hashing passwords; auto (or 0) means one per CPU."),
+    Option("hash_workers", _workers, "Threads hashing passwords; auto (or 0) means one per CPU but one, at least one."),
     Option(
         "hash_queue_limit",
         _int_between(0, 100_000),

@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestClient
 
 from server.config import Settings
 from server.logs import configure_logging
-from server.web.app import JsonAccessLogger, create_app
+from server.web.access import AccessLog
+from server.web.app import create_app
 from server.web.keys import SERVICE
 
 JWT_SECRET = "test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
@@ -57,14 +58,15 @@ def log_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Log everything at debug level, record every rendered line (whichever stream a test points logging at),
     and fail the test if any line holds a secret."""
     rendered: list[str] = []
-    original_format = structlog.stdlib.ProcessorFormatter.format
+    original_render = structlog.processors.JSONRenderer.__call__
 
-    def recording_format(self: structlog.stdlib.ProcessorFormatter, record: logging.LogRecord) -> str:
-        line = original_format(self, record)
-        rendered.append(line)
+    def recording_render(self: structlog.processors.JSONRenderer, logger: Any, name: str, event: Any) -> Any:
+        line = original_render(self, logger, name, event)
+        rendered.append(str(line))
         return line
 
-    monkeypatch.setattr(structlog.stdlib.ProcessorFormatter, "format", recording_format)
+    # Every line, structlog's own and the stdlib's, is rendered by the JSONRenderer last in its chain.
+    monkeypatch.setattr(structlog.processors.JSONRenderer, "__call__", recording_render)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     configure_logging("debug", stream=io.StringIO())
@@ -112,7 +114,7 @@ def make_client(
     async def make(**changes: Any) -> TestClient[Any, Any]:
         app = create_app(dataclasses.replace(settings, **changes), clock=clock, wall_clock=wall_clock)
         # The access log the server itself uses (python -m server), not aiohttp's default one.
-        server = await aiohttp_server(app, access_log_class=JsonAccessLogger)
+        server = await aiohttp_server(app, access_log_class=AccessLog)
         client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 

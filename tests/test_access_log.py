@@ -28,6 +28,7 @@ async def test_one_canonical_line_per_request_with_the_ids_of_its_other_lines(ma
     stream.seek(0)
     response = await client.post("/user/auth", json={"username": "abc@example.com", "password": PASSWORD})
     assert response.status == 200
+    body = await response.read()
     request_id = response.headers["X-Request-Id"]
     lines = log_lines(stream)
     assert {line["request_id"] for line in lines} == {request_id}
@@ -38,6 +39,7 @@ async def test_one_canonical_line_per_request_with_the_ids_of_its_other_lines(ma
     assert access["route"] == "/user/auth"
     assert access["status"] == 200
     assert access["duration_ms"] > 0
+    assert access["bytes"] == len(body)
     assert access["client_ip"] == "127.0.0.1"
     assert access["user_id"] == user_id
     assert access["logger"] == "mixauth.access"
@@ -86,3 +88,17 @@ async def test_a_request_the_http_parser_refuses_is_logged_as_one_access_line(ma
     refused = [line for line in lines if line["event"] == "http.request" and line["status"] == 400]
     assert len(refused) == 1
     assert refused[0]["route"] is None
+
+
+async def test_nothing_bound_for_one_request_reaches_the_next_on_the_same_connection(
+    make_client: ClientFactory,
+) -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    client = await make_client()
+    token = await sign_up(client)  # the test client keeps its connection alive between requests
+    await client.get("/user", headers=bearer(token))
+    await client.get("/user")
+    lines = [line for line in log_lines(stream) if line["event"] == "http.request"]
+    assert [("user_id" in line) for line in lines] == [True, True, False]
+    assert len({line["request_id"] for line in lines}) == 3

@@ -9,15 +9,10 @@ cleanup context of its own.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import structlog
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 
 from server.config import Settings
 from server.domain import Rule
@@ -32,12 +27,9 @@ from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
 from server.web.keys import ACCESS_RULES, METRICS, READINESS, SERVICE, STORE, TRUSTED_PROXIES, Requirement
-from server.web.middleware import bearer_auth, error_mapping, request_context, request_metrics
+from server.web.middleware import bearer_auth, error_mapping, request_context
 
 Clock = Callable[[], float]
-
-# Probes and scrapes arrive every few seconds: their access lines are written at DEBUG only.
-QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
 def auth_policy(settings: Settings) -> AuthPolicy:
@@ -77,7 +69,6 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     metrics = Metrics() if settings.metrics_enabled else None
     app = web.Application(
         middlewares=[
-            *([request_metrics] if metrics is not None else []),
             request_context,
             error_mapping,
             bearer_auth,
@@ -175,45 +166,3 @@ def _metrics_listener(metrics: Metrics, host: str, port: int) -> Callable[[web.A
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     # Every answer is JSON; no browser may sniff one into something it would render or run.
     response.headers["X-Content-Type-Options"] = "nosniff"
-
-
-class JsonAccessLogger(AbstractAccessLogger):
-    """The canonical log line: one structured line per request, written when the response has been sent.
-
-    It carries the method, the route (the path pattern, so that ids in paths do not split one route into
-    many), the status, the duration and the size; the request id, client IP and user id (when known) come
-    from the request's log context, bound by the middlewares. Health checks are logged at DEBUG only, so
-    that a probe every few seconds does not fill the log at INFO.
-    """
-
-    _log = structlog.get_logger("mixauth.access")
-    _level_source = logging.getLogger("mixauth.access")
-
-    @property
-    def enabled(self) -> bool:
-        # aiohttp skips the call (and the timing) altogether when this is False.
-        return self._level_source.isEnabledFor(logging.INFO)
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        route = _route_of(request)
-        quiet = route in QUIET_ROUTES
-        if quiet and not self._level_source.isEnabledFor(logging.DEBUG):
-            return
-        (self._log.debug if quiet else self._log.info)(
-            "http.request",
-            method=request.method,
-            route=route,
-            status=response.status,
-            duration_ms=round(time * 1000, 3),
-            bytes=response.body_length,
-        )
-
-
-def _route_of(request: BaseRequest) -> str | None:
-    # A request aiohttp's parser refused (say, an unknown method) never reached the router, and its
-    # match_info property asserts: such a request has no route.
-    try:
-        resource = request.match_info.route.resource  # type: ignore[attr-defined]
-    except (AttributeError, AssertionError):
-        return None
-    return resource.canonical if resource is not None else None

@@ -39,4 +39,6 @@ ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
 TRUSTED_PROXIES: web.AppKey[tuple[IPNetwork, ...]] = web.AppKey("trusted_proxies")
 
 CLIENT_IP = web.RequestKey("client_ip", str)
+# time.perf_counter() when the request reached the application (uvloop's loop clock counts whole ms).
+STARTED = web.RequestKey("started", float)
 PRINCIPAL = web.RequestKey("principal", Principal)

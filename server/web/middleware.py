@@ -1,7 +1,5 @@
 """The middlewares, outermost first.
 
-- ``request_metrics`` (when metrics are enabled): counts and times every answered request by route,
-  method and status.
 - ``request_context``: gives each request an id and its client IP (resolved through trusted proxies), binds
   both into the log context and returns the id in ``X-Request-Id``.
 - ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
@@ -25,7 +23,7 @@ from server.domain import InvalidForwardedFor, MixauthError
 from server.logs import bind_request
 from server.web.bodies import MAX_BODY_BYTES, error_response
 from server.web.client_ip import resolve_client_ip
-from server.web.keys import ACCESS_RULES, CLIENT_IP, METRICS, OPEN, PRINCIPAL, SERVICE, TRUSTED_PROXIES
+from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE, STARTED, TRUSTED_PROXIES
 
 log = structlog.get_logger("mixauth.http")
 
@@ -38,23 +36,6 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     413: ("body_too_large", f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."),
 }
 _PASSED_ON_HEADERS = ("Allow",)
-# Methods are a label of the request metrics; anything else is counted as "other", so that made-up
-# methods cannot multiply the metric's series.
-_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-@web.middleware
-async def request_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    response = await handler(request)
-    resource = request.match_info.route.resource
-    request.app[METRICS].request_answered(
-        resource.canonical if resource is not None else "unmatched",
-        request.method if request.method in _KNOWN_METHODS else "other",
-        response.status,
-        time.perf_counter() - started,
-    )
-    return response
 
 
 def _new_request_id() -> str:
@@ -65,6 +46,7 @@ def _new_request_id() -> str:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[STARTED] = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else _new_request_id()
     trusted = request.app[TRUSTED_PROXIES]
