@@ -8,7 +8,6 @@ Exit codes: 0 done, 2 wrk missing or a bad flag, 1 the benchmark failed (a serve
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from bench import report, suite
 from bench.client import ClientError
 from bench.servers import ServerError
 from bench.wrk import INSTALL_HINT, WrkError, wrk_path
+from server.hashing import default_workers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CONNECTIONS = (8, 32, 128)
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hash-workers",
         type=int,
         metavar="N",
-        help="mixauth's HASH_WORKERS and the bcrypt ceiling's threads (default: CPU count)",
+        help="mixauth's HASH_WORKERS and the bcrypt ceiling's threads (default: the server's, CPU count less one)",
     )
     parser.add_argument(
         "--bcrypt-connections",
@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="GET /user connections during the sign-in flood (default: the middle connection count)",
     )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="interpreter that runs both servers, for instance a virtual environment with only mixauth's "
+        "own dependencies, as a user installs them (default: this one)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"output directory (default {RESULTS_DIR})")
     return parser
 
@@ -72,7 +79,7 @@ def make_plan(args: argparse.Namespace) -> suite.Plan:
     connections: tuple[int, ...] = args.connections or (QUICK_CONNECTIONS if args.quick else DEFAULT_CONNECTIONS)
     duration: int = args.duration or (2 if args.quick else 8)
     repeats: int = args.repeats or (1 if args.quick else 3)
-    workers: int = args.hash_workers or max(1, os.cpu_count() or 1)
+    workers: int = args.hash_workers or default_workers()
     for name, value in (("--duration", duration), ("--repeats", repeats), ("--hash-workers", workers)):
         if value < 1:
             raise ValueError(f"{name} must be 1 or more")
@@ -82,6 +89,7 @@ def make_plan(args: argparse.Namespace) -> suite.Plan:
         duration_s=duration,
         starts=args.starts or (3 if args.quick else 5),
         hash_workers=workers,
+        python=args.python,
         bcrypt_rounds=args.bcrypt_rounds,
         bcrypt_connections=args.bcrypt_connections or 2 * workers,
         flood_connections=args.flood_connections or sorted(connections)[len(connections) // 2],

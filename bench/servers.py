@@ -45,6 +45,7 @@ class MixauthOptions:
     """What the benchmark sets on mixauth; ``bcrypt_rounds=None`` keeps the server's default cost."""
 
     hash_workers: int
+    python: str = sys.executable
     bcrypt_rounds: int | None = None
 
 
@@ -165,13 +166,15 @@ def start_mixauth(work_dir: Path, options: MixauthOptions, name: str = "mixauth"
     config.toml is picked up)."""
     port = free_port()
     env = mixauth_env(work_dir / f"{name}-data", port, options)
-    command = [sys.executable, "-m", "server"]
+    command = [options.python, "-m", "server"]
     return _spawn(name, command, env, work_dir, work_dir / "logs", port)
 
 
-def start_ceiling(work_dir: Path, body: str | None = None, name: str = "ceiling") -> ServerProcess:
+def start_ceiling(
+    work_dir: Path, python: str = sys.executable, body: str | None = None, name: str = "ceiling"
+) -> ServerProcess:
     port = free_port()
-    command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
+    command = [python, "-m", "bench.ceiling", "--port", str(port)]
     if body is not None:
         command += ["--body", body]
     return _spawn(name, command, ceiling_env(), work_dir, work_dir / "logs", port)

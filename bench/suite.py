@@ -56,6 +56,7 @@ class Plan:
     duration_s: int
     starts: int
     hash_workers: int
+    python: str
     bcrypt_rounds: int | None
     bcrypt_connections: int
     flood_connections: int
@@ -107,7 +108,9 @@ class Run:
         self.username = f"bench{self.prefix}"
         self.password = secrets.token_hex(12)
         self.token = ""
-        self.mixauth_options = MixauthOptions(hash_workers=plan.hash_workers, bcrypt_rounds=plan.bcrypt_rounds)
+        self.mixauth_options = MixauthOptions(
+            hash_workers=plan.hash_workers, python=plan.python, bcrypt_rounds=plan.bcrypt_rounds
+        )
 
     def execute(self) -> dict[str, Any]:
         started = time.time()
@@ -141,7 +144,7 @@ class Run:
             time.sleep(0.5)
             idle_memory = mixauth.memory_kib()
             body = self.create_user(mixauth)
-            ceiling = start_ceiling(self.work_dir, body)
+            ceiling = start_ceiling(self.work_dir, self.plan.python, body)
             results["servers"] = self.describe_servers(mixauth, ceiling, body)
             results["get_user"] = self.get_user_sweep(mixauth, ceiling)
             results["get_user_under_signin_flood"] = self.flood(mixauth)
@@ -174,7 +177,7 @@ class Run:
                 if name == "mixauth":
                     server = start_mixauth(self.work_dir, self.mixauth_options, name=label)
                 else:
-                    server = start_ceiling(self.work_dir, name=label)
+                    server = start_ceiling(self.work_dir, self.plan.python, name=label)
                 try:
                     samples[name].append(server.startup_s)
                 finally:
@@ -194,7 +197,7 @@ class Run:
         reported = client.expect_json(ceiling.port, "GET", "/__loop")["loop"]
         _, ceiling_body = client.call(ceiling.port, "GET", "/user")
         return {
-            "interpreter": sys.executable,
+            "interpreter": self.plan.python,
             "mixauth": {
                 "command": "python3 -m server",
                 "loop": mixauth.event_loop(),

@@ -76,7 +76,6 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         client_max_size=MAX_BODY_BYTES,
     )
     app[TRUSTED_PROXIES] = settings.trusted_proxies
-    app.on_response_prepare.append(_security_headers)
     app[ACCESS_RULES] = {
         "get_user": Requirement(authenticated=True),
         "create_user": Requirement(scopes=frozenset(settings.api_user_create_scope)),
@@ -147,7 +146,6 @@ def _metrics_listener(metrics: Metrics, host: str, port: int) -> Callable[[web.A
 
     async def listener(_app: web.Application) -> AsyncIterator[None]:
         metrics_app = web.Application()
-        metrics_app.on_response_prepare.append(_security_headers)
         metrics_app[METRICS] = metrics
         metrics_app.router.add_get("/metrics", handlers.get_metrics, allow_head=False)
         runner = web.AppRunner(metrics_app, access_log=None)
@@ -161,8 +159,3 @@ def _metrics_listener(metrics: Metrics, host: str, port: int) -> Callable[[web.A
         await runner.cleanup()
 
     return listener
-
-
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    # Every answer is JSON; no browser may sniff one into something it would render or run.
-    response.headers["X-Content-Type-Options"] = "nosniff"

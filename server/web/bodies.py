@@ -13,6 +13,8 @@ from aiohttp import web
 from server.domain import BodyNotAnObject, MalformedBody, UnsupportedMediaType
 
 MAX_BODY_BYTES = 16 * 1024
+# On every answer: they are all JSON, and no browser may sniff one into something it would render or run.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 
 def _is_json_type(content_type: str) -> bool:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from server.domain import NotReady, User
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server.web.bodies import json_response, read_json_object
+from server.web.bodies import SECURITY_HEADERS, json_response, read_json_object
 from server.web.keys import CLIENT_IP, METRICS, PRINCIPAL, READINESS, SERVICE
 from server.web.openapi import OPENAPI_DOCUMENT
 
@@ -82,4 +82,6 @@ async def health_ready(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    # Served on the metrics port too, where no middleware adds the security headers.
+    headers = {"Content-Type": METRICS_CONTENT_TYPE, **SECURITY_HEADERS}
+    return web.Response(body=request.app[METRICS].render(), headers=headers)

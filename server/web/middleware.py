@@ -1,7 +1,7 @@
 """The middlewares, outermost first.
 
 - ``request_context``: gives each request an id and its client IP (resolved through trusted proxies), binds
-  both into the log context and returns the id in ``X-Request-Id``.
+  both into the log context, and returns the id in ``X-Request-Id`` beside ``SECURITY_HEADERS``.
 - ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
   aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; anything else is logged with its
   traceback and answered with a bare 500.
@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from server.domain import InvalidForwardedFor, MixauthError
 from server.logs import bind_request
-from server.web.bodies import MAX_BODY_BYTES, error_response
+from server.web.bodies import MAX_BODY_BYTES, SECURITY_HEADERS, error_response
 from server.web.client_ip import resolve_client_ip
 from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE, STARTED, TRUSTED_PROXIES
 
@@ -51,7 +51,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else _new_request_id()
     trusted = request.app[TRUSTED_PROXIES]
     try:
-        client_ip = resolve_client_ip(request.remote, request.headers.getall("X-Forwarded-For", ()), trusted)
+        forwarded = request.headers.getall("X-Forwarded-For", ()) if trusted else ()
+        client_ip = resolve_client_ip(request.remote, forwarded, trusted)
     except InvalidForwardedFor as exc:
         bind_request(request_id=request_id, client_ip=request.remote)
         log.warning("request.rejected", reason=exc.code)
@@ -61,6 +62,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         bind_request(request_id=request_id, client_ip=client_ip)
         response = await handler(request)
     response.headers["X-Request-Id"] = request_id
+    response.headers.update(SECURITY_HEADERS)
     return response
 
 
