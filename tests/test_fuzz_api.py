@@ -187,6 +187,7 @@ def run_schemathesis(served: Served, tmp_path: Path, token: str) -> None:
     assert result.returncode == 0, (
         f"{' '.join(command)}\n{config_path.read_text()}\n{report}\n\nserver log (tail):\n{served.log_tail()}"
     )
+    print("\n".join(report.strip().splitlines()[-12:]))  # schemathesis' summary, shown by pytest -rP
 
 
 @pytest.fixture

@@ -135,6 +135,29 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 },
             },
         },
+        "/health/live": {
+            "get": {
+                "operationId": "healthLive",
+                "summary": "The process answers. Open, never rate limited.",
+                "responses": {
+                    "200": _json(_ref("Health"), "Alive."),
+                    **_PROXY_ERROR,
+                    **_TOKEN_ERROR,
+                },
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "operationId": "healthReady",
+                "summary": "The database answers a query (within 2 s). Open, never rate limited.",
+                "responses": {
+                    "200": _json(_ref("Health"), "Ready."),
+                    **_PROXY_ERROR,
+                    **_TOKEN_ERROR,
+                    "503": _error("The database did not answer (code not_ready)."),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "getOpenApi",
@@ -150,6 +173,11 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         "schemas": {
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            },
             "SignInRequest": {
                 "type": "object",
                 "description": "With a username (not blank) the user is found by username, otherwise by email;"
