@@ -161,15 +161,20 @@ def parse_duration(value: Any) -> int:
     return seconds
 
 
+def _comma_list(value: Any, what: str) -> list[str]:
+    """The non-empty items of a comma-separated string or, in the file, a list of strings, trimmed."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = value
+    else:
+        raise ValueError(f"expected a comma-separated list of {what}, got {value!r}")
+    return [item.strip() for item in items if item.strip()]
+
+
 def parse_scopes(value: Any) -> tuple[str, ...]:
     """A comma-separated string (or, in the file, a list) of scope names; empty means none."""
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")]
-    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        items = [item.strip() for item in value]
-    else:
-        raise ValueError(f"expected a comma-separated list of scopes, got {value!r}")
-    scopes = tuple(dict.fromkeys(item for item in items if item))
+    scopes = tuple(dict.fromkeys(_comma_list(value, "scopes")))
     for scope in scopes:
         if not SCOPE_PATTERN.fullmatch(scope):
             raise ValueError(f"{scope!r} is not a valid scope name (letters, digits and _ . : - only)")
@@ -178,14 +183,8 @@ def parse_scopes(value: Any) -> tuple[str, ...]:
 
 def parse_networks(value: Any) -> tuple[IPNetwork, ...]:
     """Comma-separated IP addresses and CIDR ranges (or, in the file, a list); empty means none."""
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")]
-    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        items = [item.strip() for item in value]
-    else:
-        raise ValueError(f"expected a comma-separated list of addresses and CIDR ranges, got {value!r}")
     networks: list[IPNetwork] = []
-    for item in filter(None, items):
+    for item in _comma_list(value, "addresses and CIDR ranges"):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:

@@ -58,6 +58,18 @@ def burst(limiter: MemoryRateLimiter, bucket: tuple[Rule, str], most: int = 100)
     return allowed
 
 
+def replayed(script: list[Any]) -> tuple[MemoryRateLimiter, FakeClock]:
+    """A limiter on a fake clock after the steps of ``script``: time passing and hits."""
+    clock = FakeClock()
+    limiter = MemoryRateLimiter(clock)
+    for action, argument in script:
+        if action == "advance":
+            clock.advance(argument)
+        else:
+            limiter.hit_now(argument)
+    return limiter, clock
+
+
 def drained(limiter: MemoryRateLimiter, bucket: tuple[Rule, str]) -> int:
     """The burst ``bucket`` allows now, measured on a copy so that ``limiter`` is left as it was."""
     return burst(copy.deepcopy(limiter), bucket)
@@ -88,13 +100,7 @@ def test_no_bucket_allows_more_than_capacity_plus_refill(script: list[Any]) -> N
 @settings(deadline=None, max_examples=150)
 @given(script=st.lists(steps, max_size=40), bucket=buckets)
 def test_a_burst_without_time_passing_is_at_most_capacity(script: list[Any], bucket: tuple[Rule, str]) -> None:
-    clock = FakeClock()
-    limiter = MemoryRateLimiter(clock)
-    for action, argument in script:
-        if action == "advance":
-            clock.advance(argument)
-        else:
-            limiter.hit_now(argument)
+    limiter, clock = replayed(script)
     assert burst(limiter, bucket) <= bucket[0].capacity
     # Idle for as long as it takes to refill, the bucket is full again: exactly capacity, no more.
     clock.advance(bucket[0].window)
@@ -122,13 +128,7 @@ def test_refill_gives_tokens_back_at_the_rule_rate(rule: Rule, tokens: int, frac
 def test_waiting_retry_after_is_enough_and_it_is_never_longer_than_needed(
     script: list[Any], bucket: tuple[Rule, str]
 ) -> None:
-    clock = FakeClock()
-    limiter = MemoryRateLimiter(clock)
-    for action, argument in script:
-        if action == "advance":
-            clock.advance(argument)
-        else:
-            limiter.hit_now(argument)
+    limiter, clock = replayed(script)
     burst(limiter, bucket)
     refused = limiter.hit_now([bucket])
     assert not refused.allowed
@@ -154,13 +154,7 @@ def test_waiting_retry_after_is_enough_and_it_is_never_longer_than_needed(
 def test_a_refused_hit_takes_nothing_from_any_bucket(
     script: list[Any], empty: tuple[Rule, str], others: list[tuple[Rule, str]], position: int
 ) -> None:
-    clock = FakeClock()
-    limiter = MemoryRateLimiter(clock)
-    for action, argument in script:
-        if action == "advance":
-            clock.advance(argument)
-        else:
-            limiter.hit_now(argument)
+    limiter, _ = replayed(script)
     burst(limiter, empty)  # now ``empty`` holds less than one token
     named = [*others]
     named.insert(min(position, len(named)), empty)
@@ -180,13 +174,7 @@ def test_a_refused_hit_takes_nothing_from_any_bucket(
 def test_an_allowed_hit_takes_exactly_one_token_from_each_bucket(
     script: list[Any], named: list[tuple[Rule, str]]
 ) -> None:
-    clock = FakeClock()
-    limiter = MemoryRateLimiter(clock)
-    for action, argument in script:
-        if action == "advance":
-            clock.advance(argument)
-        else:
-            limiter.hit_now(argument)
+    limiter, _ = replayed(script)
     before = {bucket: drained(limiter, bucket) for bucket in named}
     decision = limiter.hit_now(named)
     after = {bucket: drained(limiter, bucket) for bucket in named}
