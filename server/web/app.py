@@ -67,14 +67,7 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     ``wall_clock`` (seconds since the epoch) decides when remembered tokens expire. Tests pass fakes.
     """
     metrics = Metrics() if settings.metrics_enabled else None
-    app = web.Application(
-        middlewares=[
-            request_context,
-            error_mapping,
-            bearer_auth,
-        ],
-        client_max_size=MAX_BODY_BYTES,
-    )
+    app = web.Application(middlewares=[request_context, error_mapping, bearer_auth], client_max_size=MAX_BODY_BYTES)
     app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[ACCESS_RULES] = {
         "get_user": Requirement(authenticated=True),
