@@ -102,7 +102,8 @@ async def change_scope(store: UserStore, user: User, scope: Sequence[str], *, vi
 
 
 async def remove_user(store: UserStore, user: User, *, via: str) -> None:
-    """Delete ``user``; their tokens stop working at once (every request reads the user from the store)."""
+    """Delete ``user``; a server using ``store`` refuses their tokens on the next request (one using another
+    connection to the same database, within a second: see server.storage.cached)."""
     if not await store.delete(user.id):
         raise NoSuchUser(user.id)
     log.info("user.deleted", user_id=user.id, via=via)
