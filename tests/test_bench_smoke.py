@@ -1,7 +1,8 @@
 """The benchmark (``python -m bench``) runs end to end for about a second per phase and writes its results.
 
-The end-to-end run needs ``wrk``, which CI machines usually lack: it is skipped there. The benchmark itself
-never runs in CI; these tests only keep the command from rotting. The other two need no wrk.
+The end-to-end run needs ``wrk`` (``.ci/run`` installs it from Debian; where it cannot, the test is skipped
+with that reason). The benchmark itself never runs in CI; these tests only keep the command from rotting.
+The other two need no wrk.
 """
 
 from __future__ import annotations
