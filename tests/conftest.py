@@ -7,6 +7,7 @@ import dataclasses
 import io
 import logging
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -53,8 +54,16 @@ def secrets_in(text: str) -> list[str]:
     return found
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @pytest.fixture(autouse=True)
-def log_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def log_guard(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[list[str]]:
     """Log everything at debug level, record every rendered line (whichever stream a test points logging at),
     and fail the test if any line holds a secret."""
     rendered: list[str] = []
@@ -67,13 +76,8 @@ def log_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     # Every line, structlog's own and the stdlib's, is rendered by the JSONRenderer last in its chain.
     monkeypatch.setattr(structlog.processors.JSONRenderer, "__call__", recording_render)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging("debug", stream=io.StringIO())
+    configure_logging("debug", stream=io.StringIO())  # restore_logging puts the run's configuration back
     yield rendered
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
     leaks = secrets_in("\n".join(rendered))
     assert not leaks, f"secrets reached the log: {leaks}"
 

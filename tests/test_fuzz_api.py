@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "fuzz-test-secret-0123456789abcdef-0123456789abcdef"
 NO_LIMIT = "1000000000"
@@ -50,13 +52,6 @@ class Served:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:

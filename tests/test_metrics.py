@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from server import __version__
-from tests.conftest import PASSWORD, ClientFactory, bearer, sign_up
+from tests.conftest import PASSWORD, ClientFactory, bearer, free_port, sign_up
 
 
 def parse(text: str) -> dict[str, list[Any]]:
@@ -94,13 +93,6 @@ async def test_metrics_can_be_turned_off(make_client: ClientFactory) -> None:
     client = await make_client(metrics_enabled=False)
     assert (await client.get("/metrics")).status == 404
     assert (await client.get("/health/live")).status == 200
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_metrics_on_a_port_of_their_own(make_client: ClientFactory) -> None:

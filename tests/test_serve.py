@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CANARY_PASSWORD = "canary-Pa55word-7f3a9c"
 JWT_SECRET = "serve-test-secret-0123456789abcdef-0123456789abcdef"
@@ -33,13 +35,6 @@ def dockerfile_start() -> tuple[list[str], dict[str, str]]:
         for name, value in re.findall(r"(\w+)=(\S+)", block.replace("\\\n", " ")):
             env[name] = value
     return command, env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_env(**extra: str) -> dict[str, str]:
