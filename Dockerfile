@@ -1,37 +1,50 @@
-# mixauth: one container, SQLite in a volume. Build: docker build -t mixauth .
-# Run:   docker run -p 2200:2200 -v mixauth-data:/data -e JWT_SECRET=... mixauth
-ARG BASE_IMAGE=python:3.12-slim
-FROM ${BASE_IMAGE}
+# mixauth: one container, its SQLite database in the /data volume.
+#   docker build -t mixauth .
+#   docker run -d -p 2200:2200 -v mixauth-data:/data -e JWT_SECRET="$(openssl rand -base64 48)" mixauth
+# The README's Deployment section has the variables to set, podman's line and a compose example.
 
-# For builds behind a private package mirror (or from a local wheel directory).
+# Any Debian-like image with python3 (3.11 or newer) and its venv module; both stages use the same one.
+ARG BASE_IMAGE=python:3.12-slim
+
+# Stage 1: install mixauth and its dependencies into a virtual environment.
+FROM ${BASE_IMAGE} AS build
+# For builds behind a private package mirror, or from a local wheel directory (PIP_FIND_LINKS with
+# PIP_NO_INDEX=1). Build arguments only: they end with this stage and are not in the runtime image.
 ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
-
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    VIRTUAL_ENV=/opt/mixauth \
-    PATH=/opt/mixauth/bin:$PATH
-
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
+# pip compiles the bytecode here, so the runtime starts without compiling; pip itself is not shipped.
 RUN python3 -m venv /opt/mixauth \
-    && /opt/mixauth/bin/pip install --no-cache-dir '.[uvloop]' \
-    && rm -rf /src
+    && /opt/mixauth/bin/pip install '.[uvloop]' \
+    && /opt/mixauth/bin/pip uninstall --yes --quiet pip setuptools
 
-RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin mixauth \
-    && mkdir -p /data && chown mixauth /data && chmod 700 /data
-
-ENV HOST=0.0.0.0 \
+# Stage 2: the runtime, the base image plus the virtual environment and an unprivileged user.
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/mixauth \
+    PATH=/opt/mixauth/bin:$PATH \
+    HOST=0.0.0.0 \
     PORT=2200 \
     DATA_DIR=/data
+# A fixed uid and gid, so that a bind-mounted data directory can be prepared for it: chown 10001:10001 DIR.
+RUN groupadd --gid 10001 mixauth \
+    && useradd --uid 10001 --gid 10001 --no-log-init --home-dir /data --no-create-home --shell /usr/sbin/nologin mixauth \
+    && mkdir /data && chown 10001:10001 /data && chmod 700 /data
+COPY --from=build /opt/mixauth /opt/mixauth
 VOLUME ["/data"]
 WORKDIR /data
-USER mixauth
+USER 10001:10001
 EXPOSE 2200
-# Ready when the database answers; standard library only (no curl in the image).
-HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["python3", "-m", "server.healthcheck"]
-# SIGTERM drains requests in flight, then closes the database.
+# Healthy once /health/ready answers 200 (the database answers a query); standard library only, no curl.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 CMD ["python3", "-m", "server.healthcheck"]
+# SIGTERM: stop accepting, let requests in flight finish (bcrypt included), close the database, exit 0.
 STOPSIGNAL SIGTERM
 CMD ["python3", "-m", "server"]

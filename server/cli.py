@@ -201,9 +201,8 @@ def main(
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, cache=True)
     loop, loop_name = _event_loop()
-    structlog.get_logger("mixauth.server").info(
-        "server.starting", version=__version__, host=settings.host, port=settings.port, loop=loop_name
-    )
+    log = structlog.get_logger("mixauth.server")
+    log.info("server.starting", version=__version__, host=settings.host, port=settings.port, loop=loop_name)
     try:
         web.run_app(
             create_app(settings),
@@ -217,6 +216,8 @@ def serve(settings: Settings) -> int:
         if exc.filename is not None:
             raise CommandError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
         raise CommandError(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    # run_app returns after a signal, once requests in flight are answered and the database is closed.
+    log.info("server.stopped")
     return 0
 
 

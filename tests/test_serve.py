@@ -119,7 +119,7 @@ def test_dockerfile_runs_as_non_root_with_data_in_a_volume() -> None:
     assert env["PORT"] == "2200"
     assert env["DATA_DIR"] == "/data"
     assert re.search(r"^VOLUME \[\"/data\"\]$", text, re.MULTILINE)
-    assert re.search(r"^USER (?!root)\w+$", text, re.MULTILINE)
+    assert re.search(r"^USER (?!root\b|0\b)[\w:]+$", text, re.MULTILINE)
     assert re.search(r"^EXPOSE 2200$", text, re.MULTILINE)
     assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, re.MULTILINE)
 
@@ -190,8 +190,9 @@ async def test_sigterm_closes_the_database_cleanly(server: Server, tmp_path: Pat
     async with aiohttp.ClientSession(server.url) as http:
         response = await http.post("/user", json={"username": "u", "email": "u@example.com", "password": "abc321"})
         assert response.status == 200
-    code, _, err = server.stop()
+    code, lines, err = server.stop()
     assert code == 0, err
+    assert lines[-1]["event"] == "server.stopped"
     wal = tmp_path / "data" / "mixauth.sqlite3-wal"
     assert not wal.exists() or wal.stat().st_size == 0
 

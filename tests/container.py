@@ -1,0 +1,457 @@
+"""The image, built and run for real with podman: ``python3 -m tests.container`` (CI runs it after the suite).
+
+It builds the Dockerfile, then checks against running containers what a single-container deployment relies
+on: the API documentation's three curl calls, the health check turning healthy, a non-root process, data and
+tokens surviving a new container on the same volume, SIGTERM draining a request in flight, ``JWT_SECRET``
+and ``API_USER_CREATE_SCOPE`` taken from the environment, and an admin created with ``podman exec``. It prints
+one line a check, then the image size and each container's start-up time to healthy, and exits 1 on the
+first failed check.
+
+On a machine without them it installs Debian's podman, runc and debootstrap (as root), and builds a base
+image with debootstrap (Debian bookworm's python3, so no registry is needed), kept in podman's image store
+for the next run. pip inside the build reaches packages through a wheel directory served on loopback, the
+Dockerfile's ``PIP_FIND_LINKS`` and ``PIP_NO_INDEX`` build arguments. ``--base-image python:3.12-slim``
+uses a registry's image instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BASE = "localhost/mixauth-base:bookworm"
+DEFAULT_TAG = "localhost/mixauth:test"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# What works on machines without systemd and with cgroups in hybrid mode: runc, cgroupfs, no default ulimits.
+CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = "cgroupfs"\nruntime = "runc"\n'
+# The imported base image has no environment of its own: give it Debian's PATH.
+DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HEALTHY_WITHIN = 60.0
+SEED = {"username": "abc@example.com", "email": "abc@example.com", "password": "abc321"}
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(condition: object, what: str) -> None:
+    if not condition:
+        raise CheckFailed(what)
+    print(f"ok    {what}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Podman:
+    def __init__(self, conf: Path) -> None:
+        conf.write_text(CONTAINERS_CONF)
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["podman", *args],
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise CheckFailed(f"podman {' '.join(args)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+        return result
+
+    def out(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
+        return self(*args, input=input, timeout=timeout).stdout.strip()
+
+
+def ensure_packages() -> None:
+    missing = [tool for tool in ("podman", "runc", "debootstrap", "curl") if shutil.which(tool) is None]
+    if not missing:
+        return
+    print(f"..    installing {' '.join(missing)} from Debian", flush=True)
+    install = ["apt-get", "install", "-y", "-qq", "podman", "runc", "debootstrap", "curl"]
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=True)
+        subprocess.run(install, env=env, capture_output=True, check=True)
+
+
+def ensure_base_image(podman: Podman, tag: str, mirror: str, work: Path) -> None:
+    """Debian bookworm with python3 and its venv module, made with debootstrap once per machine."""
+    if podman("image", "exists", tag, check=False).returncode == 0:
+        print(f"..    base image {tag}: cached", flush=True)
+        return
+    print(f"..    base image {tag}: debootstrap from {mirror} (a few minutes, once per machine)", flush=True)
+    rootfs = work / "rootfs"
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs), mirror],
+        capture_output=True,
+        check=True,
+        timeout=1800,
+    )
+    for clutter in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+        shutil.rmtree(rootfs / clutter, ignore_errors=True)
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    imported = subprocess.run(
+        ["podman", "import", "--change", f"ENV PATH={DEBIAN_PATH}", "--change", 'CMD ["python3"]', "-", tag],
+        stdin=tar.stdout,
+        capture_output=True,
+        env=podman.env,
+        check=False,
+        timeout=600,
+    )
+    tar.wait()
+    if imported.returncode != 0:
+        raise CheckFailed(f"podman import: {imported.stderr.decode()[-2000:]}")
+    shutil.rmtree(rootfs)
+
+
+def wheelhouse(podman: Podman, base: str, directory: Path) -> None:
+    """mixauth's wheel and its dependencies' wheels for the base image's Python, for a build without an index."""
+    version = podman.out("run", "--rm", base, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+    pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    for command in (
+        ["wheel", "--no-deps", "-w", str(directory), str(ROOT)],
+        # setuptools: the build backend, which pip needs to build mixauth inside the image.
+        ["download", "-d", str(directory), "--only-binary=:all:", "--python-version", version,
+         "--find-links", str(directory), "mixauth[uvloop]", "setuptools>=77"],
+    ):  # fmt: skip
+        done = subprocess.run([*pip, *command], capture_output=True, text=True, check=False, timeout=600)
+        if done.returncode != 0:
+            raise CheckFailed(f"pip {command[0]}: {done.stderr.strip()[-2000:]}")
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+
+
+def call(url: str, method: str = "GET", body: object = None, token: str | None = None) -> Answer:
+    request = urllib.request.Request(url, method=method)  # noqa: S310 - a loopback http URL
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, data, timeout=30) as response:  # noqa: S310
+            raw, status = response.read(), response.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    return Answer(status, json.loads(raw) if raw.startswith((b"{", b"[")) else raw.decode())
+
+
+def curl(*args: str) -> Answer:
+    """One curl call as the documentation writes it; the status comes from ``-w``."""
+    result = subprocess.run(
+        ["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, check=True, timeout=30
+    )
+    raw, _, status = result.stdout.rpartition("\n")
+    return Answer(int(status), json.loads(raw))
+
+
+class Container:
+    """One detached container of the image, its port published on a free loopback port."""
+
+    def __init__(self, podman: Podman, image: str, name: str, volume: str, **env: str) -> None:
+        self.podman, self.image, self.name, self.volume, self.env = podman, image, name, volume, env
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> float:
+        """Run it, then the seconds until its HEALTHCHECK first passes (podman runs it on request here)."""
+        self.port = free_port()
+        variables = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
+        began = time.monotonic()
+        self.podman(
+            "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:2200", "-v", f"{self.volume}:/data",
+            *variables, self.image,
+        )  # fmt: skip
+        while self.podman("healthcheck", "run", self.name, check=False).returncode != 0:
+            if time.monotonic() - began > HEALTHY_WITHIN:
+                raise CheckFailed(f"{self.name} not healthy after {HEALTHY_WITHIN:.0f} s:\n{self.logs()}")
+            time.sleep(0.05)
+        return time.monotonic() - began
+
+    def health(self) -> str:
+        return self.podman.out("inspect", "--format", "{{.State.Health.Status}}", self.name)
+
+    def exec(self, *command: str, input: str | None = None) -> str:
+        interactive = ["--interactive"] if input is not None else []
+        return self.podman.out("exec", *interactive, self.name, *command, input=input)
+
+    def logs(self) -> str:
+        return self.podman.out("logs", self.name)
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM (the image's STOPSIGNAL), then its exit code and how long the stop took."""
+        began = time.monotonic()
+        self.podman("stop", "--time", "30", self.name, timeout=60)
+        took = time.monotonic() - began
+        return int(self.podman.out("inspect", "--format", "{{.State.ExitCode}}", self.name)), took
+
+    def remove(self) -> None:
+        self.podman("rm", "--force", self.name, check=False)
+
+
+def log_events(logs: str) -> list[str]:
+    """The events of a container's log, checking every line is one JSON object."""
+    events = []
+    for line in logs.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        check_silent(isinstance(record, dict) and "event" in record, f"a log line that is not a JSON event: {line}")
+        events.append(str(record["event"]))
+    return events
+
+
+def check_silent(condition: object, what: str) -> None:
+    if not condition:
+        raise CheckFailed(what)
+
+
+def check_image(podman: Podman, image: str) -> None:
+    inspected = json.loads(podman.out("image", "inspect", image))[0]
+    config = inspected["Config"]
+    user = config.get("User", "")
+    check(user and user.split(":")[0] not in ("0", "root"), f"the image runs as a non-root user ({user})")
+    check(config.get("StopSignal") == "SIGTERM", "its STOPSIGNAL is SIGTERM")
+    test = (inspected.get("Healthcheck") or config.get("Healthcheck") or {}).get("Test")  # podman's place, Docker's
+    check(test == ["CMD", "python3", "-m", "server.healthcheck"], "its HEALTHCHECK asks the readiness endpoint")
+    declared = "/data" in config.get("Volumes", {}) and "2200/tcp" in config.get("ExposedPorts", {})
+    check(declared, "it declares the /data volume and port 2200")
+    baked = [entry for entry in config.get("Env", []) if entry.startswith(("JWT_SECRET", "PIP_"))]
+    check(not baked, "no JWT_SECRET nor PIP_* build argument in its environment")
+    probe = (
+        "import importlib.util, os; "
+        "print(sorted(os.listdir('/data')), os.path.exists('/src'), importlib.util.find_spec('pip') is None)"
+    )
+    listing = podman.out("run", "--rm", image, "python3", "-c", probe)
+    check(listing == "[] False True", "its /data is empty, and neither the sources nor pip are in it")
+
+
+def check_seed_calls(container: Container) -> str:
+    """The API documentation's three curl calls, pointed at the container; the token, for later."""
+    created = curl(
+        "-XPOST", f"{container.url}/user", "-H", "Content-type: application/json",
+        "-d", '{ "username": "abc@example.com", "email": "abc@example.com", "password": "abc321" }',
+    )  # fmt: skip
+    check(created.status == 200 and set(created.body) == {"token"}, "curl -XPOST /user: 200 {token}")
+    signed_in = curl(
+        "-XPOST", f"{container.url}/user/auth", "-H", "Content-type: application/json",
+        "-d", '{ "username": "abc@example.com", "password": "abc321" }',
+    )  # fmt: skip
+    user = signed_in.body.get("user", {})
+    check(
+        signed_in.status == 200 and user.get("username") == SEED["username"] and signed_in.body.get("token"),
+        "curl -XPOST /user/auth: 200 {user, token}",
+    )
+    token: str = signed_in.body["token"]
+    current = curl(f"{container.url}/user", "-H", f"Authorization: Bearer {token}")
+    check(
+        current.status == 200 and current.body["id"] == user["id"] and current.body["scope"] == ["user"],
+        "curl /user with the Bearer token: 200, the same user",
+    )
+    return token
+
+
+def check_process(container: Container) -> None:
+    status = container.exec("cat", "/proc/1/status")
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    check(set(uids) == {"10001"}, f"the server (pid 1) runs as uid {uids[0]}, not root")
+    modes = container.exec("stat", "-c", "%a %U %n", "/data", "/data/mixauth.sqlite3", "/data/jwt-secret")
+    check(
+        all(line.split()[:2] in (["700", "mixauth"], ["600", "mixauth"]) for line in modes.splitlines()),
+        "the data directory is 0700 and its files 0600, owned by that user",
+    )
+
+
+def check_drain(container: Container) -> str:
+    """A signup still hashing when the container is stopped is answered, and the server exits 0."""
+    body = {"username": "late", "email": "late@example.com", "password": "late-password"}
+    answers: list[Answer] = []
+    request = threading.Thread(target=lambda: answers.append(call(f"{container.url}/user", "POST", body)))
+    request.start()
+    deadline = time.monotonic() + 30
+    while "mixauth_password_hash_busy_workers 1.0" not in call(f"{container.url}/metrics").body:
+        check_silent(time.monotonic() < deadline, "the signup never reached the hashing pool")
+        time.sleep(0.01)
+    code, took = container.stop()
+    request.join(timeout=30)
+    check(answers and answers[0].status == 200, "a signup in flight at SIGTERM is answered 200")
+    check(code == 0, f"the server drained and exited 0 within {took:.1f} s of SIGTERM")
+    check(log_events(container.logs())[-1] == "server.stopped", "its last log line is server.stopped")
+    token: str = answers[0].body["token"]
+    return token
+
+
+def check_environment(podman: Podman, image: str, volume: str) -> float:
+    """JWT_SECRET and API_USER_CREATE_SCOPE from the environment; an admin made with podman exec."""
+    secret = secrets.token_urlsafe(48)
+    container = Container(podman, image, "mixauth-test-env", volume, JWT_SECRET=secret, API_USER_CREATE_SCOPE="admin")
+    try:
+        healthy = container.start()
+        url = container.url
+        refused = call(f"{url}/user", "POST", {"username": "x", "email": "x@example.com", "password": "abc321"})
+        check(refused.status == 401, "API_USER_CREATE_SCOPE=admin: a signup without a token is 401")
+        admin_id = container.exec(
+            "python3", "-m", "server", "create-user", "--username", "admin", "--email", "admin@example.com",
+            "--scope", "admin,user", "--password-stdin", input="admin-password\n",
+        )  # fmt: skip
+        check(len(admin_id) == 24, f"podman exec ... create-user made the admin ({admin_id})")
+        admin = call(f"{url}/user/auth", "POST", {"email": "admin@example.com", "password": "admin-password"})
+        check(admin.status == 200 and admin.body["user"]["id"] == admin_id, "the admin signs in with the email")
+        claims = jwt.decode(admin.body["token"], secret, algorithms=["HS256"])
+        check(claims["id"] == admin_id, "the admin's token is signed with the JWT_SECRET given")
+        now = int(time.time())
+        forged = jwt.encode({"id": admin_id, "scope": ["admin"], "iat": now, "exp": now + 60}, secret, "HS256")
+        check(call(f"{url}/user", token=forged).status == 200, "a token made with that secret is accepted")
+        files = container.exec("ls", "-A", "/data").split()
+        check("jwt-secret" not in files, "no secret is generated or written when JWT_SECRET is set")
+        alice = {"username": "alice", "email": "alice@example.com", "password": "alice-password"}
+        made = call(f"{url}/user", "POST", alice, token=admin.body["token"])
+        check(made.status == 200, "the admin's token creates a user")
+        again = {"username": "bob", "email": "bob@example.com", "password": "bob-password"}
+        check(call(f"{url}/user", "POST", again, token=made.body["token"]).status == 403, "a user's token is 403")
+        logs = container.logs()
+        log_events(logs)
+        leaked = [s for s in (secret, "admin-password", "alice-password", made.body["token"], "$2b$") if s in logs]
+        check(not leaked, "the logs hold no secret, password, token or hash")
+        return healthy
+    finally:
+        container.remove()
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    podman = Podman(work / "containers.conf")
+    base = args.base_image or DEFAULT_BASE
+    if args.base_image is None:
+        ensure_base_image(podman, DEFAULT_BASE, args.mirror, work)
+    wheels = work / "wheels"
+    wheels.mkdir()
+    wheelhouse(podman, base, wheels)
+    with serve_directory(wheels) as index:
+        began = time.monotonic()
+        podman(
+            "build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={base}",
+            "--build-arg", f"PIP_FIND_LINKS={index}", "--build-arg", "PIP_NO_INDEX=1", "-t", args.tag, str(ROOT),
+            timeout=1200,
+        )  # fmt: skip
+        built = time.monotonic() - began
+    size = int(podman.out("image", "inspect", "--format", "{{.Size}}", args.tag))
+    base_size = int(podman.out("image", "inspect", "--format", "{{.Size}}", base))
+    print(f"..    built {args.tag} on {base} in {built:.1f} s", flush=True)
+    check_image(podman, args.tag)
+
+    volume = f"mixauth-test-{secrets.token_hex(4)}"
+    env_volume = f"{volume}-env"
+    first = Container(podman, args.tag, "mixauth-test-first", volume)
+    second = Container(podman, args.tag, "mixauth-test-second", volume, BCRYPT_ROUNDS="14")
+    try:
+        fresh = first.start()
+        check(first.health() == "healthy", f"healthy {fresh:.2f} s after podman run, on a new volume")
+        token = check_seed_calls(first)
+        check_process(first)
+        code, took = first.stop()
+        check(code == 0, f"podman stop: exit code 0 in {took:.1f} s")
+
+        restarted = second.start()
+        check(second.health() == "healthy", f"a new container on the same volume is healthy in {restarted:.2f} s")
+        again = call(f"{second.url}/user/auth", "POST", {"username": SEED["email"], "password": SEED["password"]})
+        check(again.status == 200, "the user signs in on the new container")
+        check(call(f"{second.url}/user", token=token).status == 200, "the first container's token is still valid")
+        late_token = check_drain(second)
+        one_off = podman.out("run", "--rm", "-v", f"{volume}:/data", args.tag, "mixauth", "list-users", "--json")
+        listing = json.loads(one_off)
+        check(
+            sorted(user["username"] for user in listing) == [SEED["username"], "late"] and late_token,
+            "the drained signup is on the volume (mixauth list-users in a one-off container)",
+        )
+        with_env = check_environment(podman, args.tag, env_volume)
+    finally:
+        for container in (first, second):
+            container.remove()
+        podman("volume", "rm", "--force", volume, env_volume, check=False)
+
+    print(
+        f"image {args.tag}: {size / 1e6:.0f} MB ({(size - base_size) / 1e6:.0f} MB over the base image {base})\n"
+        f"start-up to healthy: {fresh:.2f} s on a new volume, {restarted:.2f} s on an existing one, "
+        f"{with_env:.2f} s with JWT_SECRET set",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m tests.container", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-image", help=f"build on this image instead of {DEFAULT_BASE} (made when missing)")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap")
+    parser.add_argument("--tag", default=DEFAULT_TAG, help=f"the image's tag (default {DEFAULT_TAG})")
+    args = parser.parse_args(argv)
+    try:
+        ensure_packages()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"container test: cannot install podman ({exc}); it needs root and Debian's packages", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="mixauth-container-") as work:
+        try:
+            run(args, Path(work))
+        except (CheckFailed, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            print(f"FAIL  {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
