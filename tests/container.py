@@ -172,8 +172,12 @@ class Answer:
     body: Any
 
 
-def call(url: str, method: str = "GET", body: object = None, token: str | None = None) -> Answer:
+def call(
+    url: str, method: str = "GET", body: object = None, token: str | None = None, forwarded_for: str | None = None
+) -> Answer:
     request = urllib.request.Request(url, method=method)  # noqa: S310 - a loopback http URL
+    if forwarded_for is not None:
+        request.add_header("X-Forwarded-For", forwarded_for)
     data = None
     if body is not None:
         data = json.dumps(body).encode()
@@ -318,6 +322,15 @@ def check_process(container: Container) -> None:
     )
 
 
+def check_untrusted_forwarded_for(container: Container) -> None:
+    wrong = {"username": SEED["username"], "password": "not-the-password"}
+    check_silent(call(f"{container.url}/user/auth", "POST", wrong, forwarded_for="203.0.113.9").status == 403, "403")
+    failed = [json.loads(line) for line in container.logs().splitlines() if '"user.signin.failed"' in line]
+    check_silent(len(failed) == 1, f"one user.signin.failed line, not {len(failed)}")
+    seen = failed[0]["client_ip"]
+    check(seen != "203.0.113.9", f"without TRUSTED_PROXIES a client's X-Forwarded-For is ignored (client_ip {seen})")
+
+
 def check_drain(container: Container) -> str:
     """A signup still hashing when the container is stopped is answered, and the server exits 0."""
     body = {"username": "late", "email": "late@example.com", "password": "late-password"}
@@ -338,9 +351,12 @@ def check_drain(container: Container) -> str:
 
 
 def check_environment(podman: Podman, image: str, volume: str) -> float:
-    """JWT_SECRET and API_USER_CREATE_SCOPE from the environment; an admin made with podman exec."""
+    """JWT_SECRET, API_USER_CREATE_SCOPE and TRUSTED_PROXIES from the environment; an admin made with podman exec."""
     secret = secrets.token_urlsafe(48)
-    container = Container(podman, image, "mixauth-test-env", volume, JWT_SECRET=secret, API_USER_CREATE_SCOPE="admin")
+    # Published ports reach the container from the bridge's gateway: that is the proxy to trust here.
+    gateway = podman.out("network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}")
+    env = {"JWT_SECRET": secret, "API_USER_CREATE_SCOPE": "admin", "TRUSTED_PROXIES": gateway}
+    container = Container(podman, image, "mixauth-test-env", volume, **env)
     try:
         healthy = container.start()
         url = container.url
@@ -361,11 +377,16 @@ def check_environment(podman: Podman, image: str, volume: str) -> float:
         files = container.exec("ls", "-A", "/data").split()
         check("jwt-secret" not in files, "no secret is generated or written when JWT_SECRET is set")
         alice = {"username": "alice", "email": "alice@example.com", "password": "alice-password"}
-        made = call(f"{url}/user", "POST", alice, token=admin.body["token"])
+        made = call(f"{url}/user", "POST", alice, token=admin.body["token"], forwarded_for="203.0.113.7")
         check(made.status == 200, "the admin's token creates a user")
         again = {"username": "bob", "email": "bob@example.com", "password": "bob-password"}
         check(call(f"{url}/user", "POST", again, token=made.body["token"]).status == 403, "a user's token is 403")
         logs = container.logs()
+        created = [json.loads(line) for line in logs.splitlines() if '"user.created"' in line]
+        check(
+            [line.get("client_ip") for line in created] == ["203.0.113.7"],
+            f"TRUSTED_PROXIES={gateway}: the client IP comes from X-Forwarded-For",
+        )
         log_events(logs)
         leaked = [s for s in (secret, "admin-password", "alice-password", made.body["token"], "$2b$") if s in logs]
         check(not leaked, "the logs hold no secret, password, token or hash")
@@ -404,6 +425,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         check(first.health() == "healthy", f"healthy {fresh:.2f} s after podman run, on a new volume")
         token = check_seed_calls(first)
         check_process(first)
+        check_untrusted_forwarded_for(first)
         code, took = first.stop()
         check(code == 0, f"podman stop: exit code 0 in {took:.1f} s")
 
