@@ -50,6 +50,9 @@ CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager 
 # The imported base image has no environment of its own: give it Debian's PATH.
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HEALTHY_WITHIN = 60.0
+# How a careful operator runs it: nothing writable but the volume (no tmpfs either, as with Docker's
+# --read-only), no capabilities, no privilege gain.
+HARDENED = ("--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL", "--security-opt=no-new-privileges")
 SEED = {"username": "abc@example.com", "email": "abc@example.com", "password": "abc321"}
 
 
@@ -199,8 +202,9 @@ def curl(*args: str) -> Answer:
 class Container:
     """One detached container of the image, its port published on a free loopback port."""
 
-    def __init__(self, podman: Podman, image: str, name: str, volume: str, **env: str) -> None:
+    def __init__(self, podman: Podman, image: str, name: str, volume: str, *options: str, **env: str) -> None:
         self.podman, self.image, self.name, self.volume, self.env = podman, image, name, volume, env
+        self.options = options
         self.port = 0
 
     @property
@@ -214,7 +218,7 @@ class Container:
         began = time.monotonic()
         self.podman(
             "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:2200", "-v", f"{self.volume}:/data",
-            *variables, self.image,
+            *self.options, *variables, self.image,
         )  # fmt: skip
         while self.podman("healthcheck", "run", self.name, check=False).returncode != 0:
             if time.monotonic() - began > HEALTHY_WITHIN:
@@ -344,9 +348,15 @@ def check_environment(podman: Podman, image: str, volume: str) -> float:
     # Published ports reach the container from the bridge's gateway: that is the proxy to trust here.
     gateway = podman.out("network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}")
     env = {"JWT_SECRET": secret, "API_USER_CREATE_SCOPE": "admin", "TRUSTED_PROXIES": gateway}
-    container = Container(podman, image, "mixauth-test-env", volume, **env)
+    container = Container(podman, image, "mixauth-test-env", volume, *HARDENED, **env)
     try:
         healthy = container.start()
+        written = podman("exec", container.name, "touch", "/opt/mixauth/probe", check=False)
+        capabilities = container.exec("grep", "^CapEff:", "/proc/1/status").split()[1]
+        check(
+            "Read-only file system" in written.stderr and int(capabilities, 16) == 0,
+            f"it serves with {' '.join(HARDENED)}: a read-only root, no capabilities",
+        )
         url = container.url
         refused = call(f"{url}/user", "POST", {"username": "x", "email": "x@example.com", "password": "abc321"})
         check(refused.status == 401, "API_USER_CREATE_SCOPE=admin: a signup without a token is 401")
