@@ -34,6 +34,7 @@ class Settings:
     port: int = 2200
     data_dir: Path = Path("data")
     jwt_secret: str | None = field(default=None, repr=False)
+    jwt_secret_file: Path | None = None
     jwt_token_exp: int = 30 * 86400
     bcrypt_rounds: int = 12
     api_user_create_scope: tuple[str, ...] = ()
@@ -82,6 +83,7 @@ FLAG_KEYS = ("host", "port", "data_dir")
 # How a default is written where its value alone would mislead.
 _DEFAULT_TEXT = {
     "jwt_secret": "generated, kept in data_dir",
+    "jwt_secret_file": "empty (none)",
     "jwt_token_exp": "30d",
     "api_user_create_scope": "empty (open)",
     "trusted_proxies": "empty (none)",
@@ -231,6 +233,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", _int_between(0, 65535), "TCP port to listen on."),
     Option("data_dir", _path, "Directory for the SQLite database and the generated JWT secret."),
     Option("jwt_secret", _secret, "HS256 signing secret, at least 32 bytes; generated and kept in data_dir if unset."),
+    Option(
+        "jwt_secret_file",
+        _path,
+        "A file holding the signing secret (a Docker or Kubernetes secret), instead of jwt_secret.",
+    ),
     Option("jwt_token_exp", parse_duration, "Token lifetime: seconds, or a number with s, m, h, d or w."),
     Option("bcrypt_rounds", _int_between(4, 31), "bcrypt cost factor for new password hashes."),
     Option("api_user_create_scope", parse_scopes, "Scopes allowed to call POST /user; empty leaves it open."),
@@ -303,9 +310,27 @@ def load_settings(
     for key, raw in (flags or {}).items():
         if raw is not None:
             apply(key, raw, "flag", "--" + key.replace("_", "-"))
+    if "jwt_secret_file" in values:
+        if "jwt_secret" in values:
+            raise ConfigError("JWT_SECRET and JWT_SECRET_FILE are both set; set one of them")
+        values["jwt_secret"] = _secret_from_file(values["jwt_secret_file"])
+        sources["jwt_secret"] = "jwt_secret_file"  # noqa: S105 - where the secret came from, not the secret
     for option in OPTIONS:
         sources.setdefault(option.key, "default")
     return Settings(**values, sources=sources)
+
+
+def _secret_from_file(path: Path) -> str:
+    """The secret in ``path``, without the white space around it (the newline ``echo`` or ``openssl`` adds)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"JWT_SECRET_FILE: cannot read {path}: {reason}") from None
+    try:
+        return _secret(text.strip())
+    except ValueError as exc:
+        raise ConfigError(f"JWT_SECRET_FILE: {path}: the secret {exc}") from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -53,6 +53,7 @@ HEALTHY_WITHIN = 60.0
 # How a careful operator runs it: nothing writable but the volume (no tmpfs either, as with Docker's
 # --read-only), no capabilities, no privilege gain.
 HARDENED = ("--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL", "--security-opt=no-new-privileges")
+ADMIN = {"email": "admin@example.com", "password": "admin-password"}
 SEED = {"username": "abc@example.com", "email": "abc@example.com", "password": "abc321"}
 
 
@@ -361,11 +362,11 @@ def check_environment(podman: Podman, image: str, volume: str) -> float:
         refused = call(f"{url}/user", "POST", {"username": "x", "email": "x@example.com", "password": "abc321"})
         check(refused.status == 401, "API_USER_CREATE_SCOPE=admin: a signup without a token is 401")
         admin_id = container.exec(
-            "python3", "-m", "server", "create-user", "--username", "admin", "--email", "admin@example.com",
-            "--scope", "admin,user", "--password-stdin", input="admin-password\n",
+            "python3", "-m", "server", "create-user", "--username", "admin", "--email", ADMIN["email"],
+            "--scope", "admin,user", "--password-stdin", input=ADMIN["password"] + "\n",
         )  # fmt: skip
         check(len(admin_id) == 24, f"podman exec ... create-user made the admin ({admin_id})")
-        admin = call(f"{url}/user/auth", "POST", {"email": "admin@example.com", "password": "admin-password"})
+        admin = call(f"{url}/user/auth", "POST", ADMIN)
         check(admin.status == 200 and admin.body["user"]["id"] == admin_id, "the admin signs in with the email")
         claims = jwt.decode(admin.body["token"], secret, algorithms=["HS256"])
         check(claims["id"] == admin_id, "the admin's token is signed with the JWT_SECRET given")
@@ -386,9 +387,29 @@ def check_environment(podman: Podman, image: str, volume: str) -> float:
             f"TRUSTED_PROXIES={gateway}: the client IP comes from X-Forwarded-For",
         )
         log_events(logs)
-        leaked = [s for s in (secret, "admin-password", "alice-password", made.body["token"], "$2b$") if s in logs]
+        leaked = [s for s in (secret, ADMIN["password"], "alice-password", made.body["token"], "$2b$") if s in logs]
         check(not leaked, "the logs hold no secret, password, token or hash")
         return healthy
+    finally:
+        container.remove()
+
+
+def check_secret_file(podman: Podman, image: str, volume: str, work: Path) -> None:
+    """JWT_SECRET_FILE: the secret read from a mounted file, as compose and Kubernetes mount secrets."""
+    secret = secrets.token_urlsafe(48)
+    path = work / "jwt_secret"
+    path.write_text(secret + "\n")
+    path.chmod(0o444)
+    mount = ("-v", f"{path}:/run/secrets/jwt_secret:ro")
+    container = Container(
+        podman, image, "mixauth-test-secret-file", volume, *mount, JWT_SECRET_FILE="/run/secrets/jwt_secret"
+    )
+    try:
+        container.start()
+        admin = call(f"{container.url}/user/auth", "POST", ADMIN)
+        check_silent(admin.status == 200, f"the admin signs in: {admin}")
+        claims = jwt.decode(admin.body["token"], secret, algorithms=["HS256"])
+        check(claims["id"] == admin.body["user"]["id"], "JWT_SECRET_FILE: tokens are signed with the mounted secret")
     finally:
         container.remove()
 
@@ -441,6 +462,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "the drained signup is on the volume (mixauth list-users in a one-off container)",
         )
         with_env = check_environment(podman, args.tag, env_volume)
+        check_secret_file(podman, args.tag, env_volume, work)
     finally:
         for container in (first, second):
             container.remove()

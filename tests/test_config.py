@@ -114,7 +114,7 @@ def test_repo_config_file_loads_to_the_defaults(workdir: Path) -> None:
 def test_repo_config_file_sets_every_option_but_the_secret() -> None:
     with REPO_CONFIG.open("rb") as handle:
         data = tomllib.load(handle)
-    assert set(data) == {option.key for option in OPTIONS} - {"jwt_secret"}
+    assert set(data) == {option.key for option in OPTIONS} - {"jwt_secret", "jwt_secret_file"}
 
 
 def test_repo_config_file_documents_every_key_and_env_name() -> None:
@@ -320,6 +320,41 @@ def test_jwt_secret_length_is_counted_in_bytes(workdir: Path) -> None:
 
 def test_exactly_32_byte_secret_is_accepted(workdir: Path) -> None:
     assert load_settings(None, {"JWT_SECRET": GOOD_SECRET}, None).jwt_secret == GOOD_SECRET
+
+
+def test_jwt_secret_file_gives_the_secret_without_its_newline(workdir: Path) -> None:
+    (workdir / "jwt").write_text(GOOD_SECRET + "\n")
+    settings = load_settings(None, {"JWT_SECRET_FILE": str(workdir / "jwt")}, None)
+    assert settings.jwt_secret == GOOD_SECRET
+    assert settings.jwt_secret_file == workdir / "jwt"
+    assert settings.sources["jwt_secret"] == "jwt_secret_file"
+
+
+def test_jwt_secret_file_in_the_config_file(workdir: Path) -> None:
+    (workdir / "jwt").write_text(GOOD_SECRET)
+    (workdir / "config.toml").write_text(f'jwt_secret_file = "{workdir / "jwt"}"\n')
+    assert load_settings(None, {}, None).jwt_secret == GOOD_SECRET
+
+
+def test_jwt_secret_and_jwt_secret_file_together_are_refused(workdir: Path) -> None:
+    (workdir / "jwt").write_text(GOOD_SECRET)
+    message = config_error(None, {"JWT_SECRET": GOOD_SECRET, "JWT_SECRET_FILE": str(workdir / "jwt")})
+    assert "JWT_SECRET and JWT_SECRET_FILE" in message
+    assert GOOD_SECRET not in message
+
+
+def test_missing_jwt_secret_file_names_it(workdir: Path) -> None:
+    message = config_error(None, {"JWT_SECRET_FILE": str(workdir / "absent")})
+    assert message == f"JWT_SECRET_FILE: cannot read {workdir / 'absent'}: No such file or directory"
+
+
+@pytest.mark.parametrize("content", [b"x" * 31 + b"\n", b"   \n", b"\xff" * 40])
+def test_bad_jwt_secret_file_is_refused_without_echoing_it(workdir: Path, content: bytes) -> None:
+    (workdir / "jwt").write_bytes(content)
+    message = config_error(None, {"JWT_SECRET_FILE": str(workdir / "jwt")})
+    assert message.startswith("JWT_SECRET_FILE: ")
+    assert "\n" not in message
+    assert "x" * 31 not in message
 
 
 def test_invalid_toml_is_refused(workdir: Path) -> None:
