@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+
+from tests.conftest import free_port
 
 Completed = subprocess.CompletedProcess[str]
 
@@ -79,13 +80,6 @@ def run_tool(command: Sequence[str], *, check: bool = True, timeout: float = 600
     if check and result.returncode != 0:
         raise CheckFailed(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Podman:
