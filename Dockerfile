@@ -1,6 +1,6 @@
 # mixauth: one container, its SQLite database in the /data volume.
 #   docker build -t mixauth .
-#   docker run -d -p 2200:2200 -v mixauth-data:/data -e JWT_SECRET="$(openssl rand -base64 48)" mixauth
+#   docker run -d -p 2200:2200 -v mixauth-data:/data mixauth
 # The README's Deployment section has the variables to set, podman's line and a compose example.
 
 # Any Debian-like image with python3 (3.11 or newer) and its venv module; both stages use the same one.
