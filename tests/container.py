@@ -229,7 +229,9 @@ class Container:
         return self.podman.out("exec", *interactive, self.name, *command, input=input)
 
     def logs(self) -> str:
-        return self.podman.out("logs", self.name)
+        """Everything the server wrote, stdout (its JSON log) and stderr (where nothing should be) alike."""
+        written = self.podman("logs", self.name)
+        return (written.stdout + written.stderr).strip()
 
     def stop(self) -> tuple[int, float]:
         """SIGTERM (the image's STOPSIGNAL), then its exit code and how long the stop took."""
