@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import bcrypt
 import jwt
 
-from server.domain import InvalidToken
+from server.domain import InvalidToken, JsonObject, NewUser
 
 BCRYPT_MAX_BYTES = 72
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 (an algorithm name, not a secret)
@@ -30,6 +30,28 @@ def new_user_id(now: float | None = None) -> str:
     """24 lower-case hex characters: 4 bytes of seconds since the epoch, then 8 random bytes."""
     seconds = int(time.time() if now is None else now) & 0xFFFFFFFF
     return seconds.to_bytes(4, "big").hex() + os.urandom(8).hex()
+
+
+def build_new_user(
+    username: str,
+    email: str,
+    password_hash: str,
+    scope: tuple[str, ...],
+    plan: str,
+    metadata: JsonObject | None = None,
+) -> NewUser:
+    """A user to add: a fresh id, and the unique keys derived from the username and the email."""
+    return NewUser(
+        id=new_user_id(),
+        username=username,
+        username_key=identifier_key(username),
+        email=email,
+        email_key=identifier_key(email),
+        password_hash=password_hash,
+        scope=scope,
+        plan=plan,
+        metadata=metadata,
+    )
 
 
 def identifier_key(value: str) -> str:

@@ -21,7 +21,6 @@ from server.domain import (
     InvalidToken,
     MissingField,
     MixauthError,
-    NewUser,
     Overloaded,
     Principal,
     RateLimiter,
@@ -33,7 +32,7 @@ from server.domain import (
     UserStore,
 )
 from server.hashing import PasswordHasher
-from server.security import BCRYPT_MAX_BYTES, TokenCodec, identifier_key, new_user_id
+from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, identifier_key
 
 log = structlog.get_logger("mixauth.auth")
 
@@ -279,17 +278,7 @@ async def register_user(
         metadata = validation.optional_object(body, "metadata")
         password_hash = await hasher.hash(password)
         user = await store.add(
-            NewUser(
-                id=new_user_id(),
-                username=username,
-                username_key=identifier_key(username),
-                email=email,
-                email_key=identifier_key(email),
-                password_hash=password_hash,
-                scope=tuple(scope),
-                plan=policy.default_plan,
-                metadata=metadata,
-            )
+            build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
         )
     except MixauthError as exc:
         emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)

@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 
 from server import admin
 from server.admin import AmbiguousUser, NoSuchUser
-from server.domain import InvalidField, NewUser, PasswordTooLong, PasswordTooShort, User, UserStore
+from server.domain import InvalidField, PasswordTooLong, PasswordTooShort, User, UserStore
 from server.hashing import PasswordHasher
-from server.security import check_password, identifier_key, new_user_id, password_bytes
+from server.security import build_new_user, check_password, new_user_id, password_bytes
 from server.storage.sqlite import open_store
 
 OLD_PASSWORD = "old-password"
@@ -44,18 +44,8 @@ async def add(
     user_id: str | None = None,
 ) -> User:
     email = email or f"{username}@example.com"
-    return await store.add(
-        NewUser(
-            id=user_id or new_user_id(),
-            username=username,
-            username_key=identifier_key(username),
-            email=email,
-            email_key=identifier_key(email),
-            password_hash=await hasher.hash(password_bytes(OLD_PASSWORD)),
-            scope=scope,
-            plan="free",
-        )
-    )
+    user = build_new_user(username, email, await hasher.hash(password_bytes(OLD_PASSWORD)), scope, "free")
+    return await store.add(user if user_id is None else dataclasses.replace(user, id=user_id))
 
 
 def events(logs: list[dict[str, Any]]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from server.domain import NewUser, User
-from server.security import identifier_key, new_user_id
+from server.security import build_new_user
 from server.storage.cached import CachedUserStore
 from tests.conftest import FakeClock
 from tests.fakes import FakeUserStore
@@ -38,17 +38,7 @@ class Marker:
 
 
 def new_user(name: str) -> NewUser:
-    return NewUser(
-        id=new_user_id(),
-        username=name,
-        username_key=identifier_key(name),
-        email=f"{name}@example.com",
-        email_key=identifier_key(f"{name}@example.com"),
-        password_hash="$2b$04$" + "x" * 53,
-        scope=("user",),
-        plan="free",
-        metadata=None,
-    )
+    return build_new_user(name, f"{name}@example.com", "$2b$04$" + "x" * 53, ("user",), "free")
 
 
 async def setup(max_users: int = 10) -> tuple[CachedUserStore, CountingStore, Marker, FakeClock, str]:

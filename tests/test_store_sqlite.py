@@ -18,7 +18,7 @@ import aiosqlite
 import pytest
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken, UserStore
-from server.security import identifier_key, new_user_id
+from server.security import build_new_user, identifier_key, new_user_id
 from server.storage import StorageError, sqlite
 from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore
 
@@ -37,17 +37,7 @@ def new_user(
     metadata: dict[str, object] | None = None,
     password_hash: str = HASH,
 ) -> NewUser:
-    return NewUser(
-        id=new_user_id(),
-        username=username,
-        username_key=identifier_key(username),
-        email=email,
-        email_key=identifier_key(email),
-        password_hash=password_hash,
-        scope=scope,
-        plan=plan,
-        metadata=metadata,
-    )
+    return build_new_user(username, email, password_hash, scope, plan, metadata)
 
 
 @pytest.fixture(params=["sqlite"])
