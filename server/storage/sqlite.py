@@ -68,7 +68,8 @@ Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
 # The user API's storage: creation time in milliseconds (users stored before it get their id's second),
 # vendor, the revocation state (see User.token_version), reset codes (one a user, gone with the user: the
 # primary key and the cascade) and delete tickets (kept past the user they name). ``users_created`` serves
-# the default order, newest first with ties by id; username and email orders use their UNIQUE key indexes.
+# the default order, newest first with ties by id, and ``users_plan`` the plan filter in that order; username
+# and email orders use their UNIQUE key indexes. Scope, vendor and pattern filters scan (an admin's listing).
 # (The UPDATE reads an id's first 8 hex digits, its creation second: SQLite has no hex-to-integer function.)
 _USER_API_SCHEMA = """
     ALTER TABLE users ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
@@ -85,7 +86,7 @@ _USER_API_SCHEMA = """
     ALTER TABLE users ADD COLUMN vendor TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX users_created ON users (created_ms DESC, id);
-    CREATE INDEX users_plan ON users (plan);
+    CREATE INDEX users_plan ON users (plan, created_ms DESC, id);
     CREATE TABLE reset_codes (
         user_id    TEXT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
         code_hash  TEXT NOT NULL UNIQUE,
@@ -349,12 +350,14 @@ def _where(query: UserQuery) -> tuple[str, list[Any]]:
     """The WHERE clause (with its parameters) of ``query``'s filters and pattern; every condition must hold."""
     conditions: list[str] = []
     parameters: list[Any] = []
+    # instr on the raw JSON first (the name, JSON-encoded as stored, must occur in it): a cheap test that rules
+    # out most rows before json_each parses any.
     for name in query.scope:
-        conditions.append(_HOLDS_SCOPE)
-        parameters.append(name)
+        conditions.append("instr(scope, ?) > 0 AND " + _HOLDS_SCOPE)
+        parameters.extend((json.dumps(name), name))
     for name in query.vendor:
-        conditions.append(_HOLDS_VENDOR)
-        parameters.append(name)
+        conditions.append("instr(vendor, ?) > 0 AND " + _HOLDS_VENDOR)
+        parameters.extend((json.dumps(name), name))
     for plan in query.plan:
         conditions.append("plan = ?")
         parameters.append(plan)
