@@ -5,6 +5,10 @@ statement and therefore its own transaction: a failed insert (say, a taken usern
 and can never undo another request's write, as an explicit ROLLBACK on a shared connection would. The reader
 sees every committed write (WAL) without queueing behind the writer's fsyncs.
 
+Operations that must decide and write at once are one statement each, so SQLite's single writer makes them
+atomic without a lock in Python: an update returns the row it wrote (RETURNING); a reset code is consumed by
+the DELETE that returns it; the last-admin guard is a condition of the UPDATE or DELETE itself.
+
 Uniqueness is the database's job: ``username_key`` and ``email_key`` carry UNIQUE constraints, and the
 driver's IntegrityError is translated here into UsernameTaken or EmailTaken.
 
@@ -127,13 +131,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     _USER_API_SCHEMA,
 )
 
-_USER_COLUMNS = (
-    "id, username, email, scope, plan, is_active, password_hash, metadata, vendor, created_ms, token_version"
-)
 _SELECT = (
     "SELECT id, username, email, scope, plan, is_active, password_hash, metadata, vendor, created_ms, token_version"
     " FROM users WHERE "
 )
+_USER_COLUMNS = _SELECT.removeprefix("SELECT ").removesuffix(" FROM users WHERE ")  # what _user_from_row reads
 _SELECT_BY_ID = _SELECT + "id = ?"
 _SELECT_BY_USERNAME_KEY = _SELECT + "username_key = ?"
 _SELECT_BY_EMAIL_KEY = _SELECT + "email_key = ?"
