@@ -1,5 +1,8 @@
 """Pure, synchronous security primitives: identifiers, password hashing (bcrypt) and tokens (PyJWT, HS256).
 
+Identifiers: the keys usernames and emails are kept unique and matched by (``identifier_key``,
+``email_key``).
+
 bcrypt here is deliberately slow and blocking; callers in async code run it on a worker thread (see
 ``server.hashing``). PyJWT errors are translated to ``InvalidToken`` at this boundary.
 """
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 import bcrypt
 import jwt
 
-from server.domain import InvalidToken, JsonObject, NewUser
+from server.domain import InvalidEmail, InvalidToken, JsonObject, NewUser
 
 BCRYPT_MAX_BYTES = 72
+EMAIL_MAX_CHARS = 254  # RFC 5321's limit on a path, less its angle brackets
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 (an algorithm name, not a secret)
 USER_ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 _BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -46,7 +50,7 @@ def build_new_user(
         username=username,
         username_key=identifier_key(username),
         email=email,
-        email_key=identifier_key(email),
+        email_key=email_key(email),
         password_hash=password_hash,
         scope=scope,
         plan=plan,
@@ -63,6 +67,36 @@ def identifier_key(value: str) -> str:
     ``identifier_key(x)``.
     """
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
+
+
+def email_key(email: str, *, strict: bool = True) -> str:
+    """The form emails are matched and kept unique by: ``identifier_key`` of the local part, "@", and the
+    domain's ASCII form (A-labels) under IDNA 2008 with UTS #46 mapping, lower-cased.
+
+    So ``bücher.example`` and ``xn--bcher-kva.example`` are one domain, as they are one in DNS, while
+    ``straße.example`` and ``strasse.example`` stay two (IDNA 2008 keeps ß; case folding alone made it ss).
+    The local part is matched as usernames are (NFKC, case-folded): mail systems treat it case-insensitively
+    in practice, and nothing provider-specific (dots, ``+tags``) is removed, since only the provider knows.
+
+    An address without "@", longer than ``EMAIL_MAX_CHARS`` or whose domain IDNA refuses, raises
+    InvalidEmail; with ``strict=False`` it gets ``identifier_key(email)`` instead, for keys that must exist
+    for any text (sign-in, rate limits). The length bound comes first: IDNA costs about 4 us a character,
+    and no stored address is longer.
+    """
+    # Imported on first use, like email_validator (which depends on it): start-up does not need it.
+    import idna
+
+    address = email.strip()
+    local, at, domain = address.rpartition("@")
+    try:
+        if not at or len(address) > EMAIL_MAX_CHARS or not (local_key := identifier_key(local)):
+            raise ValueError("not an address")
+        ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii").lower()
+    except (UnicodeError, ValueError):  # idna.IDNAError is both
+        if strict:
+            raise InvalidEmail("The email address is not valid.") from None
+        return identifier_key(email)
+    return f"{local_key}@{ascii_domain}"
 
 
 def password_bytes(password: str) -> bytes:

@@ -10,7 +10,9 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.admin import find_user
 from server.security import new_user_id
+from server.web.keys import STORE
 from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, admin_token, bearer, create_admin, sign_up
 
 
@@ -225,3 +227,54 @@ class TestCreateScope:
             headers=bearer(forged_scope),
         )
         assert response.status == 403
+
+
+# Look-alike identities: email domains keyed by their IDNA form.
+
+IDN_U_LABEL = "idn@b\u00fccher.example"
+IDN_A_LABEL = "idn@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(("first", "second"), [(IDN_U_LABEL, IDN_A_LABEL), (IDN_A_LABEL, "IDN@B\u00dcCHER.Example")])
+async def test_one_idn_mailbox_is_one_account(client: TestClient[Any, Any], first: str, second: str) -> None:
+    await sign_up(client, username="first", email=first)
+    response = await client.post("/user", json={"username": "second", "email": second, "password": PASSWORD})
+    assert response.status == 409
+    assert (await response.json())["code"] == "email_taken"
+
+
+async def test_one_idn_mailbox_is_one_signup_bucket(make_client: ClientFactory) -> None:
+    client = await make_client(user_signup_rate_limit_email=1)
+    await sign_up(client, username="first", email=IDN_U_LABEL)
+    response = await client.post("/user", json={"username": "second", "email": IDN_A_LABEL, "password": PASSWORD})
+    assert response.status == 429
+    assert (await response.json())["code"] == "signup_email_rate_limited"
+
+
+async def test_sharp_s_and_ss_domains_are_two_accounts(client: TestClient[Any, Any]) -> None:
+    """IDNA 2008 keeps ß: straße.example (xn--strae-oqa) and strasse.example are different domains."""
+    await sign_up(client, username="sharp", email="ss@stra\u00dfe.example")
+    await sign_up(client, username="double", email="ss@strasse.example")
+
+
+@pytest.mark.parametrize(
+    "spelling", [IDN_U_LABEL, IDN_A_LABEL, " IDN@XN--BCHER-KVA.EXAMPLE ", "idn@B\u00fcCHER.example"]
+)
+async def test_sign_in_by_either_spelling_of_an_idn_email(client: TestClient[Any, Any], spelling: str) -> None:
+    await sign_up(client, username="idn", email=IDN_U_LABEL)
+    response = await client.post("/user/auth", json={"email": spelling, "password": PASSWORD})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["user"]["email"] == IDN_U_LABEL
+
+
+async def test_sign_in_with_a_domain_idna_refuses_is_an_ordinary_failure(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/user/auth", json={"email": "a@bad_domain..example", "password": PASSWORD})
+    assert response.status == 403
+    assert (await response.json())["code"] == "invalid_credentials"
+
+
+async def test_the_command_line_finds_a_user_by_either_spelling_of_an_idn_email(client: TestClient[Any, Any]) -> None:
+    await sign_up(client, username="idn", email=IDN_U_LABEL)
+    store = client.app[STORE]
+    assert (await find_user(store, IDN_A_LABEL)).username == "idn"
+    assert (await find_user(store, "IDN@B\u00dcCHER.EXAMPLE")).username == "idn"

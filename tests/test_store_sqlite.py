@@ -18,7 +18,7 @@ import aiosqlite
 import pytest
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken, UserStore
-from server.security import build_new_user, identifier_key, new_user_id
+from server.security import build_new_user, email_key, identifier_key, new_user_id
 from server.storage import StorageError, sqlite
 from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore
 
@@ -93,6 +93,15 @@ async def test_taken_email_raises_email_taken(store: UserStore) -> None:
         await store.add(new_user("Bob", "ALICE@example.com"))
     assert await store.get_by_username("bob") is None
     assert await store.get_by_email("alice@example.com") == first
+
+
+async def test_emails_are_kept_unique_by_their_idna_form(store: UserStore) -> None:
+    first = await store.add(new_user("first", "idn@b\u00fccher.example"))
+    with pytest.raises(EmailTaken):
+        await store.add(new_user("second", "IDN@xn--bcher-kva.example"))
+    await store.add(new_user("sharp", "ss@stra\u00dfe.example"))
+    await store.add(new_user("double", "ss@strasse.example"))
+    assert await store.get_by_email("idn@xn--bcher-kva.example") == first
 
 
 async def test_metadata_round_trips_as_nested_json(store: UserStore) -> None:
@@ -399,3 +408,53 @@ async def test_the_database_files_are_readable_by_their_owner_only(tmp_path: Pat
         await store.add(new_user())
         for name in (DATABASE_FILE, DATABASE_FILE + "-wal", DATABASE_FILE + "-shm"):
             assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+
+
+async def make_version_2_database(path: Path, users: list[tuple[str, str, str, str]]) -> None:
+    """A database as schema 2 left it, with ``(id, username, email, email_key)`` rows created in that order."""
+    async with aiosqlite.connect(path, isolation_level=None) as connection:
+        await connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT")
+        first, second = MIGRATIONS[:2]
+        assert isinstance(first, str)
+        assert not isinstance(second, str)
+        await connection.executescript(first)
+        await second(connection)
+        await connection.executemany("INSERT INTO schema_version (version) VALUES (?)", [(1,), (2,)])
+        insert = (
+            "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'h', '[\"user\"]', 'free', ?)"
+        )
+        for created_at, (user_id, username, email, key) in enumerate(users):
+            await connection.execute(insert, (user_id, username, identifier_key(username), email, key, created_at))
+
+
+async def test_a_version_2_database_gets_idna_email_keys(tmp_path: Path) -> None:
+    ids = [new_user_id() for _ in range(6)]
+    await make_version_2_database(
+        tmp_path / DATABASE_FILE,
+        [
+            # Schema 2 keyed whole emails with identifier_key: Unicode domains as given, ß folded to ss.
+            (ids[0], "idn", "idn@B\u00fccher.example", "idn@b\u00fccher.example"),
+            (ids[1], "sharp", "ss@stra\u00dfe.example", "ss@strasse.example"),
+            (ids[2], "admin", "admin@example.com", "admin@example.com"),
+            (ids[3], "\u0430dmin", "cyrillic@example.com", "cyrillic@example.com"),  # looks like the one before
+            (ids[4], "early", "x@b\u00fccher.example", "x@b\u00fccher.example"),
+            (ids[5], "late", "x@xn--bcher-kva.example", "x@xn--bcher-kva.example"),  # one mailbox, two accounts
+        ],
+    )
+    async with sqlite.open_store(tmp_path) as store:
+        found = await store.get_by_email(email_key("IDN@xn--bcher-kva.example"))
+        assert found is not None
+        assert found.id == ids[0]
+        sharp = await store.get_by_email(email_key("ss@stra\u00dfe.example"))
+        assert sharp is not None
+        assert sharp.id == ids[1]
+        assert await store.get_by_email(email_key("ss@strasse.example")) is None
+        # A colliding email key is left as it was: the later account holds the IDNA key.
+        late = await store.get_by_email(email_key("x@b\u00fccher.example"))
+        assert late is not None
+        assert late.id == ids[5]
+        early = await store.get_by_email("x@b\u00fccher.example")
+        assert early is not None
+        assert early.id == ids[4]
+    assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS

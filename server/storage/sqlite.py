@@ -27,7 +27,7 @@ from typing import Any
 import aiosqlite
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken
-from server.security import identifier_key
+from server.security import email_key, identifier_key
 from server.storage import StorageError
 
 DATABASE_FILE = "mixauth.sqlite3"
@@ -42,15 +42,31 @@ async def _rekey_identifiers(connection: aiosqlite.Connection) -> None:
     """
     async with connection.execute("SELECT id, username, email, username_key, email_key FROM users") as cursor:
         rows = await cursor.fetchall()
-    for user_id, username, email, username_key, email_key in rows:
-        if identifier_key(username) != username_key:
+    for user_id, username, email, old_username_key, old_email_key in rows:
+        if identifier_key(username) != old_username_key:
             await connection.execute(
                 "UPDATE OR IGNORE users SET username_key = ? WHERE id = ?", (identifier_key(username), user_id)
             )
-        if identifier_key(email) != email_key:
+        if identifier_key(email) != old_email_key:
             await connection.execute(
                 "UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (identifier_key(email), user_id)
             )
+
+
+async def _rekey_email_domains(connection: aiosqlite.Connection) -> None:
+    """Recompute every email key after ``email_key`` began keying domains by their IDNA (A-label) form.
+
+    Only addresses whose domain is not plain ASCII change (and those where case folding changed the domain,
+    such as ß to ss). When the new key is another user's already (one mailbox, two accounts, made before
+    this), the key is left as it was (UPDATE OR IGNORE) rather than stopping start-up: sign-in by that email,
+    in any spelling, then finds the other account, and this one signs in by its username.
+    """
+    async with connection.execute("SELECT id, email, email_key FROM users ORDER BY created_at, id") as cursor:
+        rows = await cursor.fetchall()
+    for user_id, email, old_key in rows:
+        new_key = email_key(email, strict=False)
+        if new_key != old_key:
+            await connection.execute("UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (new_key, user_id))
 
 
 Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -76,6 +92,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE UNIQUE INDEX users_email_key ON users (email_key);
     """,
     _rekey_identifiers,
+    _rekey_email_domains,
 )
 
 _SELECT = "SELECT id, username, email, scope, plan, is_active, password_hash, metadata FROM users WHERE "
