@@ -20,6 +20,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     ├── InvalidCredentials (403 invalid_credentials)
     ├── Conflict (409 conflict)
     │   ├── UsernameTaken (409 username_taken)
+    │   │   └── UsernameConfusable (409 username_confusable)
     │   └── EmailTaken (409 email_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── RateLimited (429 rate_limited)
@@ -61,6 +62,7 @@ class NewUser:
     id: str
     username: str
     username_key: str
+    username_skeleton: str
     email: str
     email_key: str
     password_hash: str = field(repr=False)
@@ -208,6 +210,13 @@ class UsernameTaken(Conflict):
     default_message = "This username is already taken."
 
 
+class UsernameConfusable(UsernameTaken):
+    """The username looks like one already taken (their UTS #39 confusable skeletons are equal)."""
+
+    code = "username_confusable"
+    default_message = "This username is too similar to one already taken."
+
+
 class EmailTaken(Conflict):
     code = "email_taken"
     default_message = "A user with this email address already exists."
@@ -269,10 +278,12 @@ class NotReady(MixauthError):
 
 
 class UserStore(Protocol):
-    """Where users live. Uniqueness of ``username_key`` and ``email_key`` is the backend's job."""
+    """Where users live. Uniqueness of ``username_key``, ``username_skeleton`` and ``email_key`` is the
+    backend's job."""
 
     async def add(self, user: NewUser) -> User:
-        """Insert ``user``; raise UsernameTaken or EmailTaken when a key is already used."""
+        """Insert ``user``; raise UsernameTaken, UsernameConfusable (another user's username has the same
+        skeleton) or EmailTaken when a key is already used."""
         ...
 
     async def get_by_id(self, user_id: str) -> User | None: ...

@@ -1,7 +1,7 @@
 """Pure, synchronous security primitives: identifiers, password hashing (bcrypt) and tokens (PyJWT, HS256).
 
 Identifiers: the keys usernames and emails are kept unique and matched by (``identifier_key``,
-``email_key``).
+``email_key``), and the confusable skeleton that keeps look-alike usernames apart (``username_skeleton``).
 
 bcrypt here is deliberately slow and blocking; callers in async code run it on a worker thread (see
 ``server.hashing``). PyJWT errors are translated to ``InvalidToken`` at this boundary.
@@ -9,6 +9,7 @@ bcrypt here is deliberately slow and blocking; callers in async code run it on a
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -17,6 +18,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import bcrypt
 import jwt
@@ -49,6 +51,7 @@ def build_new_user(
         id=new_user_id(),
         username=username,
         username_key=identifier_key(username),
+        username_skeleton=username_skeleton(username),
         email=email,
         email_key=email_key(email),
         password_hash=password_hash,
@@ -97,6 +100,32 @@ def email_key(email: str, *, strict: bool = True) -> str:
             raise InvalidEmail("The email address is not valid.") from None
         return identifier_key(email)
     return f"{local_key}@{ascii_domain}"
+
+
+def username_skeleton(username: str) -> str:
+    """The confusable skeleton (Unicode UTS #39, section 4) of the username's key: two usernames whose
+    skeletons are equal look alike (``admin`` and ``\u0430dmin`` with a Cyrillic a; ``m`` and ``rn``).
+
+    Taken of ``identifier_key``, so case never makes two names confusable that the key already makes equal
+    or different. ICU's SpoofChecker computes it with the confusables data of the ICU it bundles; stored
+    skeletons are recomputed when that data changes (``skeleton_data_version``).
+    """
+    return str(_spoof_checker().getSkeleton(0, identifier_key(username)))
+
+
+def skeleton_data_version() -> str:
+    """Which confusables data ``username_skeleton`` uses: skeletons made with another are recomputed."""
+    import icu
+
+    return f"ICU {icu.ICU_VERSION}, Unicode {icu.UNICODE_VERSION}"
+
+
+@functools.cache
+def _spoof_checker() -> Any:
+    # Built on first use: importing ICU maps its data (about 11 MiB resident), which only signups need.
+    import icu
+
+    return icu.SpoofChecker()
 
 
 def password_bytes(password: str) -> bytes:

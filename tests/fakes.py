@@ -5,25 +5,30 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from server.domain import EmailTaken, NewUser, User, UsernameTaken
+from server.domain import EmailTaken, NewUser, User, UsernameConfusable, UsernameTaken
 
 
 class FakeUserStore:
-    """A UserStore in dicts, with the same case-insensitive uniqueness a real backend enforces."""
+    """A UserStore in dicts, with the uniqueness a real backend enforces: username key, username skeleton
+    (look-alikes) and email key."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, User] = {}
         self._ids_by_username: dict[str, str] = {}
+        self._ids_by_skeleton: dict[str, str] = {}
         self._ids_by_email: dict[str, str] = {}
 
     async def add(self, user: NewUser) -> User:
         if user.username_key in self._ids_by_username:
             raise UsernameTaken()
+        if user.username_skeleton in self._ids_by_skeleton:
+            raise UsernameConfusable()
         if user.email_key in self._ids_by_email:
             raise EmailTaken()
         stored = user.as_user()
         self.by_id[user.id] = stored
         self._ids_by_username[user.username_key] = user.id
+        self._ids_by_skeleton[user.username_skeleton] = user.id
         self._ids_by_email[user.email_key] = user.id
         return stored
 
@@ -54,6 +59,7 @@ class FakeUserStore:
         if user is None:
             return False
         self._ids_by_username = {key: uid for key, uid in self._ids_by_username.items() if uid != user_id}
+        self._ids_by_skeleton = {key: uid for key, uid in self._ids_by_skeleton.items() if uid != user_id}
         self._ids_by_email = {key: uid for key, uid in self._ids_by_email.items() if uid != user_id}
         return True
 

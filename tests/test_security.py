@@ -26,6 +26,8 @@ from server.security import (
     identifier_key,
     new_user_id,
     password_bytes,
+    skeleton_data_version,
+    username_skeleton,
 )
 
 SECRET = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"  # 64 bytes: enough for HS512 too
@@ -150,6 +152,34 @@ def test_email_key_refuses_what_idna_refuses_unless_lenient(raw: str) -> None:
     with pytest.raises(InvalidEmail):
         email_key(raw)
     assert email_key(raw, strict=False) == identifier_key(raw)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("admin", "\u0430dmin"),  # Cyrillic small a
+        ("admin", "\u0410DMIN"),  # Cyrillic capital A: the skeleton is taken of the case-folded key
+        ("paypal", "p\u0430yp\u0430l"),
+        ("m", "rn"),
+        ("alice1", "alicel"),
+        ("scope", "\u0455\u0441\u043e\u0440\u0435"),  # all Cyrillic
+        ("x", "\u00d7"),  # multiplication sign
+    ],
+)
+def test_look_alike_usernames_share_a_skeleton(left: str, right: str) -> None:
+    assert username_skeleton(left) == username_skeleton(right)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [("admin", "admins"), ("admin", "adm1n"), ("zoe", "zo\u00eb"), ("admin", "\u0430\u0434\u043c\u0438\u043d")],
+)
+def test_usernames_that_do_not_look_alike_have_different_skeletons(left: str, right: str) -> None:
+    assert username_skeleton(left) != username_skeleton(right)
+
+
+def test_skeleton_data_version_names_the_unicode_version() -> None:
+    assert "Unicode " in skeleton_data_version()
 
 
 # Password hashing

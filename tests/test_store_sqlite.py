@@ -17,8 +17,8 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from server.domain import EmailTaken, NewUser, User, UsernameTaken, UserStore
-from server.security import build_new_user, email_key, identifier_key, new_user_id
+from server.domain import EmailTaken, NewUser, User, UsernameConfusable, UsernameTaken, UserStore
+from server.security import build_new_user, email_key, identifier_key, new_user_id, username_skeleton
 from server.storage import StorageError, sqlite
 from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore
 
@@ -93,6 +93,31 @@ async def test_taken_email_raises_email_taken(store: UserStore) -> None:
         await store.add(new_user("Bob", "ALICE@example.com"))
     assert await store.get_by_username("bob") is None
     assert await store.get_by_email("alice@example.com") == first
+
+
+async def test_a_username_that_looks_like_a_taken_one_raises_username_confusable(store: UserStore) -> None:
+    first = await store.add(new_user("admin", "admin@example.com"))
+    for lookalike in ("\u0430dmin", "\u0430DMIN", "adrnin"):  # Cyrillic a, Cyrillic capital A, "rn" for "m"
+        with pytest.raises(UsernameConfusable):
+            await store.add(new_user(lookalike, f"{len(lookalike)}@example.com"))
+    with pytest.raises(UsernameTaken) as taken:
+        await store.add(new_user("ADMIN", "other@example.com"))
+    assert not isinstance(taken.value, UsernameConfusable)  # the same name is taken, not merely alike
+    assert await store.list_users() == [first]
+
+
+async def test_deleting_a_user_frees_their_skeleton(store: UserStore) -> None:
+    first = await store.add(new_user("admin", "admin@example.com"))
+    assert await store.delete(first.id) is True
+    await store.add(new_user("\u0430dmin", "other@example.com"))
+
+
+async def test_concurrent_adds_of_look_alike_names_admit_one(store: UserStore) -> None:
+    names = ["admin", "\u0430dmin", "adm\u0456n", "adrnin", "\u0430drnin"]
+    users = [new_user(name, f"racer{n}@example.com") for n, name in enumerate(names)]
+    results = await asyncio.gather(*(store.add(user) for user in users), return_exceptions=True)
+    assert sum(isinstance(result, User) for result in results) == 1
+    assert all(isinstance(result, User | UsernameConfusable) for result in results), results
 
 
 async def test_emails_are_kept_unique_by_their_idna_form(store: UserStore) -> None:
@@ -428,7 +453,7 @@ async def make_version_2_database(path: Path, users: list[tuple[str, str, str, s
             await connection.execute(insert, (user_id, username, identifier_key(username), email, key, created_at))
 
 
-async def test_a_version_2_database_gets_idna_email_keys(tmp_path: Path) -> None:
+async def test_a_version_2_database_gets_idna_email_keys_and_username_skeletons(tmp_path: Path) -> None:
     ids = [new_user_id() for _ in range(6)]
     await make_version_2_database(
         tmp_path / DATABASE_FILE,
@@ -450,6 +475,13 @@ async def test_a_version_2_database_gets_idna_email_keys(tmp_path: Path) -> None
         assert sharp is not None
         assert sharp.id == ids[1]
         assert await store.get_by_email(email_key("ss@strasse.example")) is None
+        # Both look-alikes made before keep their accounts; a third is refused.
+        for user_id, name in ((ids[2], "admin"), (ids[3], "\u0430dmin")):
+            user = await store.get_by_username(identifier_key(name))
+            assert user is not None
+            assert user.id == user_id
+        with pytest.raises(UsernameConfusable):
+            await store.add(new_user("adm\u0456n", "third@example.com"))
         # A colliding email key is left as it was: the later account holds the IDNA key.
         late = await store.get_by_email(email_key("x@b\u00fccher.example"))
         assert late is not None
@@ -458,3 +490,30 @@ async def test_a_version_2_database_gets_idna_email_keys(tmp_path: Path) -> None
         assert early is not None
         assert early.id == ids[4]
     assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS
+    async with (
+        aiosqlite.connect(tmp_path / DATABASE_FILE) as connection,
+        connection.execute("SELECT id, username_skeleton FROM users") as cursor,
+    ):
+        skeletons = {user_id: skeleton for user_id, skeleton in await cursor.fetchall()}
+    assert skeletons[ids[2]] == username_skeleton("admin")
+    assert skeletons[ids[3]] is None  # the later of two look-alikes keeps no skeleton
+    assert skeletons[ids[0]] == username_skeleton("idn")
+
+
+async def test_skeletons_are_recomputed_when_the_confusables_data_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with sqlite.open_store(tmp_path) as store:
+        # Created in the same second: ids break the tie, so the first's must sort first.
+        first = await store.add(dataclasses.replace(new_user("alice", "alice@example.com"), id="0" * 24))
+        second = await store.add(new_user("bob", "bob@example.com"))
+    # Data under which every name looks alike: the earlier user keeps the skeleton, the later gets none.
+    monkeypatch.setattr(sqlite, "skeleton_data_version", lambda: "every name alike")
+    monkeypatch.setattr(sqlite, "username_skeleton", lambda username: "x")
+    async with sqlite.open_store(tmp_path) as store:
+        pass
+    async with (
+        aiosqlite.connect(tmp_path / DATABASE_FILE) as connection,
+        connection.execute("SELECT id, username_skeleton FROM users") as cursor,
+    ):
+        assert {user_id: skeleton for user_id, skeleton in await cursor.fetchall()} == {first.id: "x", second.id: None}

@@ -5,8 +5,11 @@ statement and therefore its own transaction: a failed insert (say, a taken usern
 and can never undo another request's write, as an explicit ROLLBACK on a shared connection would. The reader
 sees every committed write (WAL) without queueing behind the writer's fsyncs.
 
-Uniqueness is the database's job: ``username_key`` and ``email_key`` carry UNIQUE constraints, and the
-driver's IntegrityError is translated here into UsernameTaken or EmailTaken.
+Uniqueness is the database's job: ``username_key``, ``username_skeleton`` (the UTS #39 confusable skeleton,
+so look-alike usernames are refused too) and ``email_key`` carry UNIQUE constraints, and the driver's
+IntegrityError is translated here into UsernameTaken, UsernameConfusable or EmailTaken. Skeletons depend on
+the confusables data of the ICU in use; the version they were made with is stored, and they are recomputed
+whenever it changes (``_refresh_username_skeletons``).
 
 The admin command line opens its own store on the same file while the server runs. Every connection sets
 ``busy_timeout``, so a write that meets another process's write lock waits for it (up to
@@ -26,8 +29,8 @@ from typing import Any
 
 import aiosqlite
 
-from server.domain import EmailTaken, NewUser, User, UsernameTaken
-from server.security import email_key, identifier_key
+from server.domain import EmailTaken, NewUser, User, UsernameConfusable, UsernameTaken
+from server.security import email_key, identifier_key, skeleton_data_version, username_skeleton
 from server.storage import StorageError
 
 DATABASE_FILE = "mixauth.sqlite3"
@@ -69,6 +72,37 @@ async def _rekey_email_domains(connection: aiosqlite.Connection) -> None:
             await connection.execute("UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (new_key, user_id))
 
 
+async def _add_username_skeletons(connection: aiosqlite.Connection) -> None:
+    """A UNIQUE confusable skeleton per username, filled for the users there are (see the next function)."""
+    await connection.execute("ALTER TABLE users ADD COLUMN username_skeleton TEXT")
+    await connection.execute("CREATE UNIQUE INDEX users_username_skeleton ON users (username_skeleton)")
+    await connection.execute("CREATE TABLE username_skeleton_data (version TEXT NOT NULL) STRICT")
+    await connection.execute("INSERT INTO username_skeleton_data (version) VALUES ('')")
+    await _refresh_username_skeletons(connection)
+
+
+async def _refresh_username_skeletons(connection: aiosqlite.Connection) -> None:
+    """Recompute every username's skeleton when the confusables data differs from the one they were made with.
+
+    Users are taken in the order they were created, so when two existing usernames look alike the earlier
+    keeps its skeleton and the later gets none (NULL, which the UNIQUE index lets repeat): both keep their
+    accounts, and a new look-alike of the two is still refused, through the earlier one's equal skeleton.
+    """
+    version = skeleton_data_version()
+    async with connection.execute("SELECT version FROM username_skeleton_data") as cursor:
+        row = await cursor.fetchone()
+    if row is not None and row[0] == version:
+        return
+    async with connection.execute("SELECT id, username FROM users ORDER BY created_at, id") as cursor:
+        rows = await cursor.fetchall()
+    await connection.execute("UPDATE users SET username_skeleton = NULL")
+    for user_id, username in rows:
+        await connection.execute(
+            "UPDATE OR IGNORE users SET username_skeleton = ? WHERE id = ?", (username_skeleton(username), user_id)
+        )
+    await connection.execute("UPDATE username_skeleton_data SET version = ?", (version,))
+
+
 Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
 
 # Each entry moves the schema from version N to N + 1 (SQL statements, or a function for data changes);
@@ -93,6 +127,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     _rekey_identifiers,
     _rekey_email_domains,
+    _add_username_skeletons,
 )
 
 _SELECT = "SELECT id, username, email, scope, plan, is_active, password_hash, metadata FROM users WHERE "
@@ -113,12 +148,13 @@ class SqliteUserStore:
     async def add(self, user: NewUser) -> User:
         try:
             await self._writer.execute(
-                "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan,"
-                " metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO users (id, username, username_key, username_skeleton, email, email_key, password_hash,"
+                " scope, plan, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     user.id,
                     user.username,
                     user.username_key,
+                    user.username_skeleton,
                     user.email,
                     user.email_key,
                     user.password_hash,
@@ -128,7 +164,11 @@ class SqliteUserStore:
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            raise _translate_integrity_error(exc) from None
+            error = _translate_integrity_error(exc)
+            if isinstance(error, UsernameConfusable) and await self.get_by_username(user.username_key):
+                # SQLite names one violated index, not always the key's when both are: the same name is taken.
+                error = UsernameTaken()
+            raise error from None
         return user.as_user()
 
     async def get_by_id(self, user_id: str) -> User | None:
@@ -193,6 +233,8 @@ def _translate_integrity_error(exc: sqlite3.IntegrityError) -> Exception:
     text = str(exc)
     if "username_key" in text:
         return UsernameTaken()
+    if "username_skeleton" in text:
+        return UsernameConfusable()
     if "email_key" in text:
         return EmailTaken()
     return exc
@@ -232,6 +274,7 @@ async def migrate(connection: aiosqlite.Connection) -> int:
             else:
                 await migration(connection)
             await connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+        await _refresh_username_skeletons(connection)
         await connection.execute("COMMIT")
     except BaseException:
         await connection.execute("ROLLBACK")
