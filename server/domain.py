@@ -21,6 +21,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     ├── Conflict (409 conflict)
     │   ├── LastAdmin (409 last_admin)
     │   ├── UsernameTaken (409 username_taken)
+    │   │   └── UsernameConfusable (409 username_confusable)
     │   └── EmailTaken (409 email_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── RateLimited (429 rate_limited)
@@ -104,6 +105,7 @@ class NewUser:
     id: str
     username: str
     username_key: str
+    username_skeleton: str
     email: str
     email_key: str
     password_hash: str = field(repr=False)
@@ -267,6 +269,13 @@ class UsernameTaken(Conflict):
     default_message = "This username is already taken."
 
 
+class UsernameConfusable(UsernameTaken):
+    """The username looks like one already taken (their UTS #39 confusable skeletons are equal)."""
+
+    code = "username_confusable"
+    default_message = "This username is too similar to one already taken."
+
+
 class EmailTaken(Conflict):
     code = "email_taken"
     default_message = "A user with this email address already exists."
@@ -367,7 +376,8 @@ class UserQuery:
 class UserChanges:
     """What to change in one user, in one atomic write; a field left None stays as it is.
 
-    A new ``email`` or ``username`` comes with its key (the unique, normalised form), as in NewUser.
+    A new ``email`` or ``username`` comes with its key (the unique, normalised form), and a new username with
+    its confusable skeleton too, as in NewUser.
     ``metadata`` replaces the stored object (pass ``{}`` to clear it). ``revoke_tokens`` also revokes every
     token of the user (see ``User.token_version``), in the same write: a new password and the revocation
     land together or not at all.
@@ -380,6 +390,7 @@ class UserChanges:
     email_key: str | None = None
     username: str | None = None
     username_key: str | None = None
+    username_skeleton: str | None = None
     password_hash: str | None = field(default=None, repr=False)
     is_active: bool | None = None
     plan: str | None = None
@@ -388,8 +399,8 @@ class UserChanges:
     def __post_init__(self) -> None:
         if (self.email is None) != (self.email_key is None):
             raise ValueError("a new email comes with its key")
-        if (self.username is None) != (self.username_key is None):
-            raise ValueError("a new username comes with its key")
+        if not (self.username is None) == (self.username_key is None) == (self.username_skeleton is None):
+            raise ValueError("a new username comes with its key and its skeleton")
 
     @property
     def removes_admin(self) -> bool:
@@ -420,10 +431,12 @@ class DeleteTicket:
 
 
 class UserStore(Protocol):
-    """Where users live. Uniqueness of ``username_key`` and ``email_key`` is the backend's job."""
+    """Where users live. Uniqueness of ``username_key``, ``username_skeleton`` and ``email_key`` is the
+    backend's job."""
 
     async def add(self, user: NewUser) -> User:
-        """Insert ``user``; raise UsernameTaken or EmailTaken when a key is already used."""
+        """Insert ``user``; raise UsernameTaken, UsernameConfusable (another user's username has the same
+        skeleton) or EmailTaken when a key is already used."""
         ...
 
     async def get_by_id(self, user_id: str) -> User | None: ...

@@ -18,10 +18,10 @@ from server.domain import (
     PasswordTooLong,
     PasswordTooShort,
 )
-from server.security import BCRYPT_MAX_BYTES, password_bytes
+from server.security import BCRYPT_MAX_BYTES, email_key, password_bytes
+from server.security import EMAIL_MAX_CHARS as EMAIL_MAX_CHARS  # part of the field rules, kept with the key
 
 USERNAME_MAX_CHARS = 128
-EMAIL_MAX_CHARS = 254
 # Control, format (zero-width and direction marks), surrogate, private-use and unassigned code points, and the
 # line and paragraph separators: characters a person cannot see or type reliably in a name.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -80,6 +80,7 @@ def clean_email(value: str) -> str:
         raise InvalidEmail("The email address is not valid.") from None
     except UnicodeError:
         raise InvalidEmail("The email address is not valid.") from None
+    email_key(email)  # the address's unique key needs its domain in IDNA form: InvalidEmail when there is none
     return email
 
 

@@ -13,19 +13,22 @@ from server.domain import (
     NewUser,
     User,
     UserChanges,
+    UsernameConfusable,
     UsernameTaken,
     UserQuery,
 )
 
 
 class FakeUserStore:
-    """A UserStore in dicts, with the same case-insensitive uniqueness a real backend enforces.
+    """A UserStore in dicts, with the uniqueness a real backend enforces: username key, username skeleton
+    (look-alikes) and email key.
 
     No method awaits between reading and writing, so each is as atomic as a backend's one statement."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, User] = {}
         self._ids_by_username: dict[str, str] = {}
+        self._ids_by_skeleton: dict[str, str] = {}
         self._ids_by_email: dict[str, str] = {}
         self._reset_codes: dict[str, tuple[str, int]] = {}  # user id -> (code hash, expires at)
         self._tickets: dict[str, DeleteTicket] = {}
@@ -33,11 +36,14 @@ class FakeUserStore:
     async def add(self, user: NewUser) -> User:
         if user.username_key in self._ids_by_username:
             raise UsernameTaken()
+        if user.username_skeleton in self._ids_by_skeleton:
+            raise UsernameConfusable()
         if user.email_key in self._ids_by_email:
             raise EmailTaken()
         stored = user.as_user()
         self.by_id[user.id] = stored
         self._ids_by_username[user.username_key] = user.id
+        self._ids_by_skeleton[user.username_skeleton] = user.id
         self._ids_by_email[user.email_key] = user.id
         return stored
 
@@ -71,6 +77,7 @@ class FakeUserStore:
             raise LastAdmin()
         del self.by_id[user_id]
         self._ids_by_username = {key: uid for key, uid in self._ids_by_username.items() if uid != user_id}
+        self._ids_by_skeleton = {key: uid for key, uid in self._ids_by_skeleton.items() if uid != user_id}
         self._ids_by_email = {key: uid for key, uid in self._ids_by_email.items() if uid != user_id}
         self._reset_codes.pop(user_id, None)
         return True
@@ -99,6 +106,11 @@ class FakeUserStore:
             return None
         if changes.username_key is not None and self._ids_by_username.get(changes.username_key, user_id) != user_id:
             raise UsernameTaken()
+        if (
+            changes.username_skeleton is not None
+            and self._ids_by_skeleton.get(changes.username_skeleton, user_id) != user_id
+        ):
+            raise UsernameConfusable()
         if changes.email_key is not None and self._ids_by_email.get(changes.email_key, user_id) != user_id:
             raise EmailTaken()
         if keep_an_admin and changes.removes_admin and self._is_last_admin(user):
@@ -113,6 +125,9 @@ class FakeUserStore:
         if changes.username_key is not None:
             self._ids_by_username = {key: uid for key, uid in self._ids_by_username.items() if uid != user_id}
             self._ids_by_username[changes.username_key] = user_id
+            self._ids_by_skeleton = {key: uid for key, uid in self._ids_by_skeleton.items() if uid != user_id}
+            if changes.username_skeleton is not None:
+                self._ids_by_skeleton[changes.username_skeleton] = user_id
         if changes.email_key is not None:
             self._ids_by_email = {key: uid for key, uid in self._ids_by_email.items() if uid != user_id}
             self._ids_by_email[changes.email_key] = user_id

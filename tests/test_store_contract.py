@@ -24,12 +24,13 @@ from server.domain import (
     NewUser,
     User,
     UserChanges,
+    UsernameConfusable,
     UsernameTaken,
     UserQuery,
     UserStore,
     created_from_id,
 )
-from server.security import build_new_user, identifier_key, new_user_id
+from server.security import build_new_user, identifier_key, new_user_id, username_skeleton
 from server.storage import sqlite
 from server.storage.cached import CachedUserStore
 from server.storage.sqlite import SqliteUserStore
@@ -507,6 +508,7 @@ async def test_update_changes_each_field_and_returns_the_user_as_stored(store: U
         email_key="alice.new@example.com",
         username="Alicia",
         username_key="alicia",
+        username_skeleton=username_skeleton("Alicia"),
         password_hash=OTHER_HASH,
         is_active=True,
         plan="pro",
@@ -554,7 +556,12 @@ async def test_update_to_a_taken_username_or_email_conflicts_and_changes_nothing
     alice = await store.add(new_user("alice", "alice@example.com"))
     bob = await store.add(new_user("bob", "bob@example.com"))
     with pytest.raises(UsernameTaken):
-        await store.update(bob.id, UserChanges(username="ALICE", username_key="alice", plan="pro"))
+        await store.update(
+            bob.id,
+            UserChanges(
+                username="ALICE", username_key="alice", username_skeleton=username_skeleton("alice"), plan="pro"
+            ),
+        )
     with pytest.raises(EmailTaken):
         await store.update(
             bob.id, UserChanges(email="Alice@example.com", email_key="alice@example.com", revoke_tokens=True)
@@ -568,10 +575,70 @@ async def test_update_to_ones_own_key_in_another_spelling_is_allowed(store: User
     alice = await store.add(new_user("alice", "alice@example.com"))
     updated = await store.update(
         alice.id,
-        UserChanges(username="ALICE", username_key="alice", email="ALICE@example.com", email_key="alice@example.com"),
+        UserChanges(
+            username="ALICE",
+            username_key="alice",
+            username_skeleton=username_skeleton("alice"),
+            email="ALICE@example.com",
+            email_key="alice@example.com",
+        ),
     )
     assert updated == dataclasses.replace(alice, username="ALICE", email="ALICE@example.com")
     assert await store.get_by_username("alice") == updated
+
+
+async def test_a_username_that_looks_like_a_taken_one_raises_username_confusable(store: UserStore) -> None:
+    first = await store.add(new_user("admin", "admin@example.com"))
+    for lookalike in ("\u0430dmin", "\u0430DMIN", "adrnin"):  # Cyrillic a, Cyrillic capital A, "rn" for "m"
+        with pytest.raises(UsernameConfusable):
+            await store.add(new_user(lookalike, f"{len(lookalike)}@example.com"))
+    with pytest.raises(UsernameTaken) as taken:
+        await store.add(new_user("ADMIN", "other@example.com"))
+    assert not isinstance(taken.value, UsernameConfusable)  # the same name is taken, not merely alike
+    assert await store.list_users() == [first]
+
+
+async def test_deleting_a_user_frees_their_skeleton(store: UserStore) -> None:
+    first = await store.add(new_user("admin", "admin@example.com"))
+    assert await store.delete(first.id) is True
+    await store.add(new_user("\u0430dmin", "other@example.com"))
+
+
+async def test_concurrent_adds_of_look_alike_names_admit_one(store: UserStore) -> None:
+    names = ["admin", "\u0430dmin", "adm\u0456n", "adrnin", "\u0430drnin"]
+    users = [new_user(name, f"racer{n}@example.com") for n, name in enumerate(names)]
+    results = await asyncio.gather(*(store.add(user) for user in users), return_exceptions=True)
+    assert sum(isinstance(result, User) for result in results) == 1
+    assert all(isinstance(result, User | UsernameConfusable) for result in results), results
+
+
+async def test_emails_are_kept_unique_by_their_idna_form(store: UserStore) -> None:
+    first = await store.add(new_user("first", "idn@b\u00fccher.example"))
+    with pytest.raises(EmailTaken):
+        await store.add(new_user("second", "IDN@xn--bcher-kva.example"))
+    await store.add(new_user("sharp", "ss@stra\u00dfe.example"))
+    await store.add(new_user("double", "ss@strasse.example"))
+    assert await store.get_by_email("idn@xn--bcher-kva.example") == first
+
+
+async def test_update_to_a_look_alike_username_conflicts_and_changes_nothing(store: UserStore) -> None:
+    await store.add(new_user("admin", "admin@example.com"))
+    bob = await store.add(new_user("bob", "bob@example.com"))
+    look_alike = "\u0430dmin"  # a Cyrillic a
+    with pytest.raises(UsernameConfusable):
+        await store.update(
+            bob.id,
+            UserChanges(username=look_alike, username_key=look_alike, username_skeleton=username_skeleton(look_alike)),
+        )
+    assert await store.get_by_id(bob.id) == bob
+    # Bob's own skeleton moves with his name: his old name is free again, his new one is his.
+    renamed = await store.update(
+        bob.id, UserChanges(username="robert", username_key="robert", username_skeleton=username_skeleton("robert"))
+    )
+    assert renamed is not None
+    await store.add(new_user("bob", "bob2@example.com"))
+    with pytest.raises(UsernameTaken):
+        await store.add(new_user("r\u043ebert", "robert2@example.com"))  # a Cyrillic o
 
 
 def test_changes_refuse_a_new_email_or_username_without_its_key() -> None:
@@ -584,7 +651,13 @@ def test_changes_refuse_a_new_email_or_username_without_its_key() -> None:
 async def test_concurrent_updates_to_one_username_let_exactly_one_win(store: UserStore) -> None:
     users = [await store.add(new_user(f"u{n}", f"u{n}@example.com")) for n in range(10)]
     results = await asyncio.gather(
-        *(store.update(user.id, UserChanges(username="Wanted", username_key="wanted")) for user in users),
+        *(
+            store.update(
+                user.id,
+                UserChanges(username="Wanted", username_key="wanted", username_skeleton=username_skeleton("wanted")),
+            )
+            for user in users
+        ),
         return_exceptions=True,
     )
     winners = [result for result in results if isinstance(result, User)]

@@ -6,6 +6,7 @@ The UserStore contract it shares with every backend is in test_store_contract.py
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3 as sqlite3_driver
 import unicodedata
@@ -14,8 +15,8 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from server.domain import UserQuery
-from server.security import identifier_key, new_user_id
+from server.domain import UsernameConfusable, UserQuery
+from server.security import email_key, identifier_key, new_user_id, username_skeleton
 from server.storage import StorageError, sqlite
 from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore
 from tests.test_store_contract import add_users
@@ -219,3 +220,87 @@ async def test_the_common_orders_read_an_index_without_sorting(tmp_path: Path, q
         plan = await explain(store, query)
     assert any(index in step for step in plan), plan
     assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
+async def make_version_2_database(path: Path, users: list[tuple[str, str, str, str]]) -> None:
+    """A database as schema 2 left it, with ``(id, username, email, email_key)`` rows created in that order."""
+    async with aiosqlite.connect(path, isolation_level=None) as connection:
+        await connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT")
+        first, second = MIGRATIONS[:2]
+        assert isinstance(first, str)
+        assert not isinstance(second, str)
+        await connection.executescript(first)
+        await second(connection)
+        await connection.executemany("INSERT INTO schema_version (version) VALUES (?)", [(1,), (2,)])
+        insert = (
+            "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'h', '[\"user\"]', 'free', ?)"
+        )
+        for created_at, (user_id, username, email, key) in enumerate(users):
+            await connection.execute(insert, (user_id, username, identifier_key(username), email, key, created_at))
+
+
+async def test_a_version_2_database_gets_idna_email_keys_and_username_skeletons(tmp_path: Path) -> None:
+    ids = [new_user_id() for _ in range(6)]
+    await make_version_2_database(
+        tmp_path / DATABASE_FILE,
+        [
+            # Schema 2 keyed whole emails with identifier_key: Unicode domains as given, ß folded to ss.
+            (ids[0], "idn", "idn@B\u00fccher.example", "idn@b\u00fccher.example"),
+            (ids[1], "sharp", "ss@stra\u00dfe.example", "ss@strasse.example"),
+            (ids[2], "admin", "admin@example.com", "admin@example.com"),
+            (ids[3], "\u0430dmin", "cyrillic@example.com", "cyrillic@example.com"),  # looks like the one before
+            (ids[4], "early", "x@b\u00fccher.example", "x@b\u00fccher.example"),
+            (ids[5], "late", "x@xn--bcher-kva.example", "x@xn--bcher-kva.example"),  # one mailbox, two accounts
+        ],
+    )
+    async with sqlite.open_store(tmp_path) as store:
+        found = await store.get_by_email(email_key("IDN@xn--bcher-kva.example"))
+        assert found is not None
+        assert found.id == ids[0]
+        sharp = await store.get_by_email(email_key("ss@stra\u00dfe.example"))
+        assert sharp is not None
+        assert sharp.id == ids[1]
+        assert await store.get_by_email(email_key("ss@strasse.example")) is None
+        # Both look-alikes made before keep their accounts; a third is refused.
+        for user_id, name in ((ids[2], "admin"), (ids[3], "\u0430dmin")):
+            user = await store.get_by_username(identifier_key(name))
+            assert user is not None
+            assert user.id == user_id
+        with pytest.raises(UsernameConfusable):
+            await store.add(new_user("adm\u0456n", "third@example.com"))
+        # A colliding email key is left as it was: the later account holds the IDNA key.
+        late = await store.get_by_email(email_key("x@b\u00fccher.example"))
+        assert late is not None
+        assert late.id == ids[5]
+        early = await store.get_by_email("x@b\u00fccher.example")
+        assert early is not None
+        assert early.id == ids[4]
+    assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS
+    async with (
+        aiosqlite.connect(tmp_path / DATABASE_FILE) as connection,
+        connection.execute("SELECT id, username_skeleton FROM users") as cursor,
+    ):
+        skeletons = {user_id: skeleton for user_id, skeleton in await cursor.fetchall()}
+    assert skeletons[ids[2]] == username_skeleton("admin")
+    assert skeletons[ids[3]] is None  # the later of two look-alikes keeps no skeleton
+    assert skeletons[ids[0]] == username_skeleton("idn")
+
+
+async def test_skeletons_are_recomputed_when_the_confusables_data_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with sqlite.open_store(tmp_path) as store:
+        # Created in the same second: ids break the tie, so the first's must sort first.
+        first = await store.add(dataclasses.replace(new_user("alice", "alice@example.com"), id="0" * 24))
+        second = await store.add(new_user("bob", "bob@example.com"))
+    # Data under which every name looks alike: the earlier user keeps the skeleton, the later gets none.
+    monkeypatch.setattr(sqlite, "skeleton_data_version", lambda: "every name alike")
+    monkeypatch.setattr(sqlite, "username_skeleton", lambda username: "x")
+    async with sqlite.open_store(tmp_path) as store:
+        pass
+    async with (
+        aiosqlite.connect(tmp_path / DATABASE_FILE) as connection,
+        connection.execute("SELECT id, username_skeleton FROM users") as cursor,
+    ):
+        assert {user_id: skeleton for user_id, skeleton in await cursor.fetchall()} == {first.id: "x", second.id: None}

@@ -9,8 +9,11 @@ Operations that must decide and write at once are one statement each, so SQLite'
 atomic without a lock in Python: an update returns the row it wrote (RETURNING); a reset code is consumed by
 the DELETE that returns it; the last-admin guard is a condition of the UPDATE or DELETE itself.
 
-Uniqueness is the database's job: ``username_key`` and ``email_key`` carry UNIQUE constraints, and the
-driver's IntegrityError is translated here into UsernameTaken or EmailTaken.
+Uniqueness is the database's job: ``username_key``, ``username_skeleton`` (the UTS #39 confusable skeleton,
+so look-alike usernames are refused too) and ``email_key`` carry UNIQUE constraints, and the driver's
+IntegrityError is translated here into UsernameTaken, UsernameConfusable or EmailTaken. Skeletons depend on
+the confusables data of the ICU in use; the version they were made with is stored, and they are recomputed
+whenever it changes (``_refresh_username_skeletons``).
 
 The admin command line opens its own store on the same file while the server runs. Every connection sets
 ``busy_timeout``, so a write that meets another process's write lock waits for it (up to
@@ -38,10 +41,11 @@ from server.domain import (
     NewUser,
     User,
     UserChanges,
+    UsernameConfusable,
     UsernameTaken,
     UserQuery,
 )
-from server.security import identifier_key
+from server.security import email_key, identifier_key, skeleton_data_version, username_skeleton
 from server.storage import StorageError
 
 DATABASE_FILE = "mixauth.sqlite3"
@@ -56,15 +60,65 @@ async def _rekey_identifiers(connection: aiosqlite.Connection) -> None:
     """
     async with connection.execute("SELECT id, username, email, username_key, email_key FROM users") as cursor:
         rows = await cursor.fetchall()
-    for user_id, username, email, username_key, email_key in rows:
-        if identifier_key(username) != username_key:
+    for user_id, username, email, old_username_key, old_email_key in rows:
+        if identifier_key(username) != old_username_key:
             await connection.execute(
                 "UPDATE OR IGNORE users SET username_key = ? WHERE id = ?", (identifier_key(username), user_id)
             )
-        if identifier_key(email) != email_key:
+        if identifier_key(email) != old_email_key:
             await connection.execute(
                 "UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (identifier_key(email), user_id)
             )
+
+
+async def _rekey_email_domains(connection: aiosqlite.Connection) -> None:
+    """Recompute every email key after ``email_key`` began keying domains by their IDNA (A-label) form.
+
+    Only addresses whose domain is not plain ASCII change (and those where case folding changed the domain,
+    such as ß to ss). When the new key is another user's already (one mailbox, two accounts, made before
+    this), the key is left as it was (UPDATE OR IGNORE) rather than stopping start-up: sign-in by that email,
+    in any spelling, then finds the other account, and this one signs in by its username.
+    """
+    async with connection.execute("SELECT id, email, email_key FROM users ORDER BY created_at, id") as cursor:
+        rows = await cursor.fetchall()
+    for user_id, email, old_key in rows:
+        new_key = email_key(email, strict=False)
+        if new_key != old_key:
+            await connection.execute("UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (new_key, user_id))
+
+
+async def _add_username_skeletons(connection: aiosqlite.Connection) -> None:
+    """A UNIQUE confusable skeleton per username, filled for the users there are (see the next function)."""
+    await connection.execute("ALTER TABLE users ADD COLUMN username_skeleton TEXT")
+    await connection.execute("CREATE UNIQUE INDEX users_username_skeleton ON users (username_skeleton)")
+    await connection.execute("CREATE TABLE username_skeleton_data (version TEXT NOT NULL) STRICT")
+    await connection.execute("INSERT INTO username_skeleton_data (version) VALUES ('')")
+    await _refresh_username_skeletons(connection)
+
+
+async def _refresh_username_skeletons(connection: aiosqlite.Connection) -> None:
+    """Recompute every username's skeleton when the confusables data differs from the one they were made with.
+
+    Users are taken in the order they were created, so when two existing usernames look alike the earlier
+    keeps its skeleton and the later gets none (NULL, which the UNIQUE index lets repeat): both keep their
+    accounts, and a new look-alike of the two is still refused, through the earlier one's equal skeleton.
+    """
+    async with connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'username_skeleton_data'") as cursor:
+        if await cursor.fetchone() is None:  # a schema from before the skeletons (a migration test's)
+            return
+    version = skeleton_data_version()
+    async with connection.execute("SELECT version FROM username_skeleton_data") as cursor:
+        row = await cursor.fetchone()
+    if row is not None and row[0] == version:
+        return
+    async with connection.execute("SELECT id, username FROM users ORDER BY created_at, id") as cursor:
+        rows = await cursor.fetchall()
+    await connection.execute("UPDATE users SET username_skeleton = NULL")
+    for user_id, username in rows:
+        await connection.execute(
+            "UPDATE OR IGNORE users SET username_skeleton = ? WHERE id = ?", (username_skeleton(username), user_id)
+        )
+    await connection.execute("UPDATE username_skeleton_data SET version = ?", (version,))
 
 
 Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -128,6 +182,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE UNIQUE INDEX users_email_key ON users (email_key);
     """,
     _rekey_identifiers,
+    _rekey_email_domains,
+    _add_username_skeletons,
     _USER_API_SCHEMA,
 )
 
@@ -169,13 +225,14 @@ class SqliteUserStore:
         stored = user.as_user()
         try:
             await self._writer.execute(
-                "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan,"
-                " metadata, vendor, created_ms, is_active, token_version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO users (id, username, username_key, username_skeleton, email, email_key, password_hash,"
+                " scope, plan, metadata, vendor, created_ms, is_active, token_version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     user.id,
                     user.username,
                     user.username_key,
+                    user.username_skeleton,
                     user.email,
                     user.email_key,
                     user.password_hash,
@@ -189,8 +246,16 @@ class SqliteUserStore:
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            raise _translate_integrity_error(exc) from None
+            raise await self._taken(exc, user.username_key) from None
         return stored
+
+    async def _taken(self, exc: sqlite3.IntegrityError, username_key: str | None) -> Exception:
+        """The domain error for a UNIQUE violation by a write that sets ``username_key`` (when not None)."""
+        error = _translate_integrity_error(exc)
+        if isinstance(error, UsernameConfusable) and username_key and await self.get_by_username(username_key):
+            # SQLite names one violated index, not always the key's when both are: the same name is taken.
+            return UsernameTaken()
+        return error
 
     async def get_by_id(self, user_id: str) -> User | None:
         return await self._one(_SELECT_BY_ID, user_id)
@@ -251,7 +316,7 @@ class SqliteUserStore:
         try:
             rows = list(await self._writer.execute_fetchall(statement, [*parameters, user_id]))
         except sqlite3.IntegrityError as exc:
-            raise _translate_integrity_error(exc) from None
+            raise await self._taken(exc, changes.username_key) from None
         if rows:
             return _user_from_row(rows[0])
         if guarded and await self.get_by_id(user_id) is not None:
@@ -394,6 +459,7 @@ def _assignments(changes: UserChanges) -> tuple[list[str], list[Any]]:
     if changes.username is not None:
         assign("username", changes.username)
         assign("username_key", changes.username_key)
+        assign("username_skeleton", changes.username_skeleton)
     if changes.password_hash is not None:
         assign("password_hash", changes.password_hash)
     if changes.is_active is not None:
@@ -409,6 +475,8 @@ def _translate_integrity_error(exc: sqlite3.IntegrityError) -> Exception:
     text = str(exc)
     if "username_key" in text:
         return UsernameTaken()
+    if "username_skeleton" in text:
+        return UsernameConfusable()
     if "email_key" in text:
         return EmailTaken()
     return exc
@@ -448,6 +516,7 @@ async def migrate(connection: aiosqlite.Connection) -> int:
             else:
                 await migration(connection)
             await connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+        await _refresh_username_skeletons(connection)
         await connection.execute("COMMIT")
     except BaseException:
         await connection.execute("ROLLBACK")
