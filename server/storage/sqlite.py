@@ -28,7 +28,7 @@ import aiosqlite
 
 from server.domain import EmailTaken, NewUser, User, UsernameTaken
 from server.security import identifier_key
-from server.storage import StorageError
+from server.storage import StorageError, prepare_data_dir
 
 DATABASE_FILE = "mixauth.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -232,7 +232,7 @@ def _owner_only(path: Path) -> None:
 @asynccontextmanager
 async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
     """Open (creating and migrating when needed) the database in ``data_dir``; close it on exit."""
-    await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+    await asyncio.to_thread(prepare_data_dir, data_dir)
     path = data_dir / DATABASE_FILE
     async with contextlib.AsyncExitStack() as stack:
         try:
