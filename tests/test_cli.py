@@ -822,3 +822,17 @@ def test_set_password_prompts_on_a_terminal_like_create_user(
         assert code == 1
         assert b"mixauth: the passwords do not match" in transcript
         assert after == before
+
+
+def test_the_readme_quick_start_installs_into_a_virtual_environment() -> None:
+    """Debian-like systems refuse ``pip install`` into the system Python (PEP 668): the quick start must not
+    ask for it."""
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start") : readme.index("### The three calls")]
+    block = quick_start[quick_start.index("```sh") : quick_start.index("```\n", quick_start.index("```sh") + 5)]
+    commands = " && ".join(line for line in block.splitlines()[1:] if line and not line.startswith("#"))
+    steps = [step.strip() for step in commands.split("&&")]
+    first_install = next(index for index, step in enumerate(steps) if "pip install" in step)
+    assert steps[:first_install] == ["python3 -m venv .venv", ". .venv/bin/activate"]
+    assert "python -m server" in steps
+    assert "python -m pytest" in steps
