@@ -114,6 +114,16 @@ def _user_id(value: str) -> str:
     return user_id
 
 
+def _user_ref(value: str) -> str:
+    # Bytes that are not UTF-8 reach argv as lone surrogates (PEP 383), which no stored name can hold and
+    # the database driver cannot even encode.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {value!r}") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH", help="configuration file (default: ./config.toml)")
@@ -155,15 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
 
     password = command("set-password", "replace a user's password (the signup rules apply)")
-    password.add_argument("user", metavar="USER", help=user_help)
+    password.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
     password.add_argument("--password-stdin", action="store_true", help=stdin_help)
 
     scope = command("set-scope", "replace a user's scopes")
-    scope.add_argument("user", metavar="USER", help=user_help)
+    scope.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
     scope.add_argument("--scope", type=_scope_list, required=True, help="comma-separated scopes, e.g. admin,user")
 
     delete = command("delete-user", "delete a user at once, without asking; their tokens stop working")
-    delete.add_argument("user", metavar="USER", help=user_help)
+    delete.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
 
     check = command("check-config", "print the effective settings and where each came from; exit 2 if invalid")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

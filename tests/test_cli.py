@@ -278,6 +278,10 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str
         (["set-scope", "alice", "--scope", ", ,"], "set-scope: argument --scope: at least one scope is required"),
         (["delete-user"], "delete-user: the following arguments are required: USER"),
         (["delete-user", "alice", "bob"], "unrecognized arguments: bob"),
+        # A byte that is not UTF-8 in argv (a latin-1 terminal) arrives as a lone surrogate.
+        (["delete-user", "ali\udcffce"], "delete-user: argument USER: not UTF-8 text"),
+        (["set-scope", "\udcff", "--scope", "admin"], "set-scope: argument USER: not UTF-8 text"),
+        (["set-password", "\udcff", "--password-stdin"], "set-password: argument USER: not UTF-8 text"),
         (["check-config", "--yaml"], "unrecognized arguments: --yaml"),
     ],
 )
