@@ -16,7 +16,10 @@ it remembers).
 
 Every failure ends with one line on stderr starting with ``mixauth:`` and a non-zero exit code: 2 for a
 bad command line or configuration, 1 for anything the command itself could not do (no such user, a password
-the signup rules refuse, an unusable database).
+the signup rules refuse, an unusable database). A failure shows that line only: the command's event lines
+(``user.created``, ``user.password_changed``, ... as JSON on stderr) are written once it has succeeded, and
+after a failure only at ``LOG_LEVEL=debug``. When the reader of the output goes away (``| head -1``), the
+command stops quietly with exit code 141, as a program killed by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import io
 import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
@@ -45,7 +49,7 @@ from server.hashing import PasswordHasher
 from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
 from server.security import USER_ID_PATTERN
 from server.service import register_user
-from server.storage import StorageError
+from server.storage import StorageError, prepare_data_dir
 from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
 from server.web.access import AccessLog
 from server.web.app import auth_policy, create_app
@@ -53,6 +57,8 @@ from server.web.app import auth_policy, create_app
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1_000_000
+# What a shell reports for a program that SIGPIPE ended (128 + 13): the reader of its output went away.
+EXIT_BROKEN_PIPE = 141
 SECRET_NAME_ENDINGS = ("secret", "password", "_token", "_key", "credentials")
 # What check-config shows for a secret that is not set, when leaving it unset means something.
 UNSET_SECRET_NOTES = {"jwt_secret": "(generated in data_dir)"}
@@ -108,6 +114,16 @@ def _user_id(value: str) -> str:
     return user_id
 
 
+def _user_ref(value: str) -> str:
+    # Bytes that are not UTF-8 reach argv as lone surrogates (PEP 383), which no stored name can hold and
+    # the database driver cannot even encode.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {value!r}") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH", help="configuration file (default: ./config.toml)")
@@ -149,15 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
 
     password = command("set-password", "replace a user's password (the signup rules apply)")
-    password.add_argument("user", metavar="USER", help=user_help)
+    password.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
     password.add_argument("--password-stdin", action="store_true", help=stdin_help)
 
     scope = command("set-scope", "replace a user's scopes")
-    scope.add_argument("user", metavar="USER", help=user_help)
+    scope.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
     scope.add_argument("--scope", type=_scope_list, required=True, help="comma-separated scopes, e.g. admin,user")
 
     delete = command("delete-user", "delete a user at once, without asking; their tokens stop working")
-    delete.add_argument("user", metavar="USER", help=user_help)
+    delete.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
 
     check = command("check-config", "print the effective settings and where each came from; exit 2 if invalid")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -169,6 +185,32 @@ def main(
     environ: Mapping[str, str] | None = None,
     stdin: TextIO | None = None,
 ) -> int:
+    try:
+        try:
+            return _main(argv, environ, stdin)
+        finally:
+            # Output to a pipe is buffered: a reader that has gone is often only noticed here (--help too).
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit does not fail a second time
+    ("Exception ignored ... BrokenPipeError"); what is left in the buffer had no reader anyway."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it): nothing to flush at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdin: TextIO | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -183,7 +225,8 @@ def main(
         )
         if args.command is None:
             return serve(settings)
-        return COMMANDS[args.command](settings, args, stdin or sys.stdin)
+        with _event_lines_on_success(settings.log_level):
+            return COMMANDS[args.command](settings, args, stdin or sys.stdin)
     except ConfigError as exc:
         print(f"mixauth: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -230,9 +273,28 @@ def _event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
     return uvloop.new_event_loop(), "uvloop"
 
 
+@contextmanager
+def _event_lines_on_success(level: str) -> Iterator[None]:
+    """Hold the command's log lines, and write them to stderr once it has succeeded.
+
+    They are the auth events the contract asks for (``user.created``, ``user.scope_changed``, ...), one JSON
+    line each, for whoever keeps the output of admin commands. A failure shows only its ``mixauth:`` line:
+    the event it logged (``user.signup.rejected``) says the same thing in the server log's form, and two
+    lines for one failure in two formats is noise. ``LOG_LEVEL=debug`` shows them after a failure too.
+    """
+    held = io.StringIO()
+    configure_logging(level, stream=held)
+    try:
+        yield
+    except BaseException:
+        if level == "debug":
+            sys.stderr.write(held.getvalue())
+        raise
+    sys.stderr.write(held.getvalue())
+
+
 def create_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     password = _read_password(args.password_stdin, stdin)
-    configure_logging(settings.log_level, stream=sys.stderr)
     body = {"username": args.username, "email": args.email, "password": password}
     user_id = asyncio.run(_create_user(settings, body, args.scope))
     print(user_id)
@@ -257,8 +319,6 @@ def list_users_command(settings: Settings, args: argparse.Namespace, stdin: Text
 
 
 def set_password_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
-    configure_logging(settings.log_level, stream=sys.stderr)
-
     async def find() -> User:
         async with _open_existing_store(settings) as store:
             return await admin.find_user(store, args.user)
@@ -282,8 +342,6 @@ def set_password_command(settings: Settings, args: argparse.Namespace, stdin: Te
 
 
 def set_scope_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
-    configure_logging(settings.log_level, stream=sys.stderr)
-
     async def run() -> tuple[User, User]:
         async with _open_existing_store(settings) as store:
             user = await admin.find_user(store, args.user)
@@ -295,8 +353,6 @@ def set_scope_command(settings: Settings, args: argparse.Namespace, stdin: TextI
 
 
 def delete_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
-    configure_logging(settings.log_level, stream=sys.stderr)
-
     async def run() -> User:
         async with _open_existing_store(settings) as store:
             user = await admin.find_user(store, args.user)
@@ -311,7 +367,7 @@ def delete_user_command(settings: Settings, args: argparse.Namespace, stdin: Tex
 def check_config_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     """The settings as the server would use them; reaching this point means load_settings found them valid."""
     config_file = args.config if args.config is not None else Path("config.toml")
-    file_read = str(config_file) if args.config is not None or config_file.is_file() else None
+    file_read = str(config_file) if args.config is not None or config_file.exists() else None
     secrets = _secret_keys()
     shown = {
         option.key: {
@@ -344,7 +400,12 @@ COMMANDS: dict[str, Command] = {
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     if from_stdin:
         line = stdin.readline()
-        return line[:-1] if line.endswith("\n") else line
+        password = line[:-1] if line.endswith("\n") else line
+        # Empty input, or an empty first line (printf '%s\n' "$UNSET_VARIABLE"), is no password at all, not
+        # a short one.
+        if not password:
+            raise CommandError("no password given on standard input")
+        return password
     if not stdin.isatty():
         raise CommandError("no password: pass --password-stdin to read it from standard input")
     try:
@@ -375,6 +436,7 @@ async def _create_user(settings: Settings, body: dict[str, Any], scope: tuple[st
 
 def _open_existing_store(settings: Settings) -> AbstractAsyncContextManager[SqliteUserStore]:
     """The store, for commands that only make sense on an existing database (a typo must not create one)."""
+    prepare_data_dir(settings.data_dir, create=False)
     path = settings.data_dir / DATABASE_FILE
     if not path.is_file():
         raise CommandError(f"no database at {path}: is the data directory ({settings.data_dir}) right?")

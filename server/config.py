@@ -18,6 +18,7 @@ from typing import Any
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MIN_SECRET_BYTES = 32
+MAX_CONFIG_BYTES = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _DURATION = re.compile(r"^\s*([0-9]+)\s*(s|m|h|d|w)?\s*$")
@@ -299,7 +300,7 @@ def load_settings(
         sources[key] = origin
 
     path = config_path if config_path is not None else Path("config.toml")
-    if config_path is not None or path.is_file():
+    if config_path is not None or path.exists():  # a directory in its place is an error, not "no file"
         for key, raw in _read_file(path).items():
             if key not in OPTIONS_BY_KEY:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -334,13 +335,29 @@ def _secret_from_file(path: Path) -> str:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    """The TOML table in ``path``; any way it cannot be read (missing, a directory, unreadable, not UTF-8,
+    far too large, not TOML) is one ConfigError line naming the file, never a traceback."""
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            # Bounded, so that a path to a device or a huge file by mistake (/dev/zero) cannot fill memory.
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB, not a configuration file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 

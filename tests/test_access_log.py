@@ -11,6 +11,7 @@ import pytest
 
 from server.logs import configure_logging
 from tests.conftest import PASSWORD, ClientFactory, bearer, sign_up
+from tests.test_metrics import parse, value
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -56,6 +57,30 @@ async def test_an_anonymous_request_has_no_user_id_and_an_unknown_path_no_route(
     assert "user_id" not in first
     assert (second["route"], second["status"]) == (None, 404)
     assert "secret-looking" not in stream.getvalue()  # query strings are never logged
+
+
+async def test_a_wrong_method_logs_the_route_its_path_matched(make_client: ClientFactory) -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)  # at INFO: a wrong method on a probe's path is not a probe
+    client = await make_client()
+    await client.delete("/user")
+    await client.request("PURGE", "/user/auth")
+    await client.post("/health/live")
+    await client.put("/no/such/page")
+    lines = [line for line in log_lines(stream) if line["event"] == "http.request"]
+    assert [(line["method"], line["route"], line["status"]) for line in lines] == [
+        ("DELETE", "/user", 405),
+        ("PURGE", "/user/auth", 405),
+        ("POST", "/health/live", 405),
+        ("PUT", None, 404),  # no resource has the path: null here, "unmatched" in the metrics
+    ]
+    counted = parse(await (await client.get("/metrics")).text())["mixauth_http_requests"]
+    for route, method, status in [
+        ("/user", "DELETE", "405"),
+        ("/user/auth", "other", "405"),
+        ("unmatched", "PUT", "404"),
+    ]:
+        assert value(counted, "mixauth_http_requests_total", route=route, method=method, status=status) == 1
 
 
 async def test_a_valid_incoming_request_id_is_kept_and_a_bad_one_replaced(make_client: ClientFactory) -> None:

@@ -13,6 +13,8 @@ import os
 import pty
 import re
 import select
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,8 @@ from server.cli import main
 from server.config import OPTIONS, Settings
 from server.security import USER_ID_PATTERN, check_password, password_bytes
 from server.storage.sqlite import DATABASE_FILE, open_store
-from tests.conftest import JWT_SECRET, PASSWORD, FakeClock, bearer, sign_up
+from tests.conftest import JWT_SECRET, PASSWORD, FakeClock, bearer, free_port, sign_up
+from tests.process import base_env
 from tests.test_store_sqlite import new_user
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,17 +52,14 @@ def stored(data_dir: Path, username: str) -> Any:
 
 
 def assert_one_error_line(capsys: pytest.CaptureFixture[str], fragment: str) -> str:
-    """Nothing on stdout; on stderr one ``mixauth:`` line containing ``fragment``, no traceback, else only logs."""
+    """Nothing on stdout; on stderr one ``mixauth:`` line containing ``fragment``, and nothing else (no log
+    line, no traceback)."""
     out, err = capsys.readouterr()
     assert out == ""
-    error_lines = [line for line in err.splitlines() if line.startswith("mixauth:")]
-    assert len(error_lines) == 1, err
-    assert fragment in error_lines[0]
-    assert "Traceback" not in err
-    for line in err.splitlines():
-        if not line.startswith("mixauth:"):
-            json.loads(line)  # a structured log line
-    return error_lines[0]
+    assert err.count("\n") == 1, err
+    assert err.startswith("mixauth:"), err
+    assert fragment in err
+    return err.rstrip("\n")
 
 
 def create(data_dir: Path, capsys: pytest.CaptureFixture[str], username: str, scope: str = "user") -> str:
@@ -127,11 +127,83 @@ def test_failures_end_with_one_clear_line(
     assert run([*base, "--username", "taken", "--email", "taken@example.com"], tmp_path) == 0
     capsys.readouterr()
     assert run([*base, *argv_tail], tmp_path, stdin=stdin) == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    error_lines = [line for line in err.splitlines() if line.startswith("mixauth:")]
-    assert len(error_lines) == 1
-    assert message in error_lines[0]
+    assert_one_error_line(capsys, message)
+
+
+def test_a_failure_shows_its_event_lines_at_debug_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["create-user", "--username", "new", "--email", "new@example.com", "--password-stdin"]
+    assert run(argv, tmp_path, stdin="abc\n", LOG_LEVEL="debug") == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "mixauth: The password must be at least 6 characters long."
+    assert [event["reason"] for event in log_events(err) if event["event"] == "user.signup.rejected"] == [
+        "password_too_short"
+    ]
+
+
+def test_a_success_shows_its_event_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    user_id = create(tmp_path, capsys, "alice")  # create() reads stdout only
+    assert run(["delete-user", "alice"], tmp_path) == 0
+    assert [(event["event"], event["user_id"]) for event in log_events(capsys.readouterr().err)] == [
+        ("user.deleted", user_id)
+    ]
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "\nabc321\n"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create-user", "--username", "u", "--email", "u@example.com", "--password-stdin"],
+        ["set-password", "alice", "--password-stdin"],
+    ],
+)
+def test_no_password_on_standard_input_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], stdin: str
+) -> None:
+    # Empty input, or an empty first line (printf '%s\n' "$UNSET_VARIABLE"), is no password, not a short one.
+    create(tmp_path, capsys, "alice")
+    assert run(argv, tmp_path, stdin=stdin) == 1
+    assert assert_one_error_line(capsys, "") == "mixauth: no password given on standard input"
+    assert stored(tmp_path, "u") is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create-user", "--username", "u", "--email", "u@example.com", "--password-stdin"],
+        ["list-users"],
+        ["set-password", "alice", "--password-stdin"],
+        ["set-scope", "alice", "--scope", "admin"],
+        ["delete-user", "alice"],
+    ],
+)
+def test_a_data_directory_that_is_a_file_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("")
+    assert run(argv, not_a_directory) == 1
+    assert assert_one_error_line(capsys, "") == f"mixauth: data directory {not_a_directory} is not a directory"
+
+
+def test_a_data_directory_under_a_file_cannot_be_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    argv = ["create-user", "--username", "u", "--email", "u@example.com", "--password-stdin"]
+    assert run(argv, tmp_path / "file" / "data") == 1
+    assert_one_error_line(capsys, f"mixauth: cannot create the data directory {tmp_path / 'file' / 'data'}: ")
+
+
+@pytest.mark.parametrize("secret", ["generated", "JWT_SECRET"])
+def test_serving_from_a_data_directory_that_is_a_file_is_one_line(tmp_path: Path, secret: str) -> None:
+    # The generated secret and the database are the two things serving puts in the data directory.
+    (tmp_path / "data").write_text("")
+    env = base_env(DATA_DIR=str(tmp_path / "data"), PORT=str(free_port()), HOST="127.0.0.1")
+    if secret == "JWT_SECRET":
+        env["JWT_SECRET"] = JWT_SECRET
+    done = subprocess.run(
+        [sys.executable, "-m", "server"], cwd=tmp_path, env=env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.decode() == f"mixauth: data directory {tmp_path / 'data'} is not a directory\n"
 
 
 @pytest.mark.parametrize("scope", ["bad scope", ",", ""])
@@ -206,6 +278,10 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str
         (["set-scope", "alice", "--scope", ", ,"], "set-scope: argument --scope: at least one scope is required"),
         (["delete-user"], "delete-user: the following arguments are required: USER"),
         (["delete-user", "alice", "bob"], "unrecognized arguments: bob"),
+        # A byte that is not UTF-8 in argv (a latin-1 terminal) arrives as a lone surrogate.
+        (["delete-user", "ali\udcffce"], "delete-user: argument USER: not UTF-8 text"),
+        (["set-scope", "\udcff", "--scope", "admin"], "set-scope: argument USER: not UTF-8 text"),
+        (["set-password", "\udcff", "--password-stdin"], "set-password: argument USER: not UTF-8 text"),
         (["check-config", "--yaml"], "unrecognized arguments: --yaml"),
     ],
 )
@@ -391,7 +467,7 @@ def test_set_password_replaces_the_password(tmp_path: Path, capsys: pytest.Captu
         ("abc", {}, "at least 6 characters"),
         ("eight-ch", {"PASSWORD_MIN_LENGTH": "10"}, "at least 10 characters"),
         ("x" * 73, {}, "at most 72 bytes"),
-        ("", {}, "at least 6 characters"),
+        (" ", {}, "at least 6 characters"),
     ],
 )
 def test_set_password_applies_the_signup_rules(
@@ -570,6 +646,68 @@ def test_check_config_reports_a_missing_config_file(tmp_path: Path, capsys: pyte
     assert_one_error_line(capsys, "no such configuration file")
 
 
+@pytest.mark.parametrize("command", [["check-config"], ["list-users"], []])
+def test_a_config_toml_that_is_not_utf8_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.toml").write_bytes(b'port = 2200\ndefault_plan = "caf\xe9"\n')
+    assert main(command, environ={}) == 2
+    assert assert_one_error_line(capsys, "") == (
+        "mixauth: configuration error: config.toml: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    )
+
+
+# A reader that goes away (| head -1): every command that prints stops quietly.
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["check-config"], 141),
+        (["check-config", "--json"], 141),
+        (["list-users"], 141),
+        (["list-users", "--json"], 141),
+        # argparse ignores a failed write of its help and version (and exits 0); quiet all the same.
+        (["--help"], 0),
+        (["list-users", "--help"], 0),
+        (["--version"], 0),
+    ],
+)
+def test_a_closed_pipe_on_stdout_ends_quietly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int
+) -> None:
+    for name in ("alice", "bob", "carol"):
+        create(tmp_path, capsys, name)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head -1` does once it has its line, here before the first write: every time
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "server", *argv],
+            cwd=tmp_path,
+            env=base_env(DATA_DIR=str(tmp_path)),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr.decode() == ""  # no BrokenPipeError traceback, no "Exception ignored"
+    assert done.returncode == code  # 141: what a shell reports for a program SIGPIPE ended
+
+
+def test_the_pipe_recipe_from_a_shell(tmp_path: Path) -> None:
+    """The reproduction itself: ``python3 -m server check-config | head -1``."""
+    script = f"set -o pipefail; {shlex.quote(sys.executable)} -m server check-config --json | head -1"
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=base_env(), capture_output=True, timeout=60, check=False
+    )
+    assert done.stdout.decode() == "{\n"
+    assert done.stderr.decode() == ""
+    assert done.returncode in {0, 141}  # 0 when head took the whole output before it left
+
+
 # Against a running server.
 
 
@@ -688,3 +826,17 @@ def test_set_password_prompts_on_a_terminal_like_create_user(
         assert code == 1
         assert b"mixauth: the passwords do not match" in transcript
         assert after == before
+
+
+def test_the_readme_quick_start_installs_into_a_virtual_environment() -> None:
+    """Debian-like systems refuse ``pip install`` into the system Python (PEP 668): the quick start must not
+    ask for it."""
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start") : readme.index("### The three calls")]
+    block = quick_start[quick_start.index("```sh") : quick_start.index("```\n", quick_start.index("```sh") + 5)]
+    commands = " && ".join(line for line in block.splitlines()[1:] if line and not line.startswith("#"))
+    steps = [step.strip() for step in commands.split("&&")]
+    first_install = next(index for index, step in enumerate(steps) if "pip install" in step)
+    assert steps[:first_install] == ["python3 -m venv .venv", ". .venv/bin/activate"]
+    assert "python -m server" in steps
+    assert "python -m pytest" in steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -373,6 +374,34 @@ def test_named_missing_file_is_refused(workdir: Path) -> None:
     missing = workdir / "nowhere" / "mixauth.toml"
     message = config_error(missing, {})
     assert str(missing) in message
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(workdir: Path, implicit: bool) -> None:
+    path = workdir / "config.toml"
+    path.write_bytes(b"port = 2200\n# caf\xe9 (latin-1)\n")
+    message = config_error(None if implicit else path, {})
+    assert message == f"{'config.toml' if implicit else path}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_directory_in_place_of_the_file_is_refused(workdir: Path, implicit: bool) -> None:
+    # As a container bind mount of a file that does not exist on the host leaves it: silently ignoring it
+    # would serve with the defaults.
+    (workdir / "config.toml").mkdir()
+    message = config_error(None if implicit else workdir / "config.toml", {})
+    assert message.endswith("config.toml: is a directory, not a configuration file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file_is_refused(workdir: Path) -> None:
+    path = write_config(workdir, "port = 3000\n")
+    path.chmod(0)
+    assert config_error(path, {}) == f"{path}: cannot read: Permission denied"
+
+
+def test_a_device_or_huge_file_is_refused_without_reading_it_all(workdir: Path) -> None:
+    assert config_error(Path("/dev/zero"), {}) == "/dev/zero: larger than 1024 KiB, not a configuration file"
 
 
 def test_missing_implicit_file_is_fine(workdir: Path) -> None:

@@ -43,7 +43,7 @@ async def test_requests_are_counted_and_timed_by_route_method_and_status(make_cl
     assert value(requests, "mixauth_http_requests_total", route="/user", method="GET", status="401") == 1
     assert value(requests, "mixauth_http_requests_total", route="/user", method="POST", status="200") == 1
     assert value(requests, "mixauth_http_requests_total", route="unmatched", method="GET", status="404") == 1
-    assert value(requests, "mixauth_http_requests_total", route="unmatched", method="other", status="405") == 1
+    assert value(requests, "mixauth_http_requests_total", route="/user", method="other", status="405") == 1
     latency = families["mixauth_http_request_duration_seconds"]
     assert value(latency, "mixauth_http_request_duration_seconds_count", route="/user", method="GET", status="200") == 3
     assert value(latency, "mixauth_http_request_duration_seconds_sum", route="/user", method="GET", status="200") > 0

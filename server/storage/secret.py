@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 
 from server.config import MIN_SECRET_BYTES
-from server.storage import StorageError
+from server.storage import StorageError, prepare_data_dir
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name, not a secret)
 SECRET_BYTES = 64
@@ -21,8 +21,16 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     The secret is written and synced under a temporary name, then linked into place: the link either
     appears whole or not at all, so racing starts agree on one secret and a crash never leaves an empty file.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_data_dir(data_dir)
     path = data_dir / SECRET_FILE
+    try:
+        return _load_or_create(data_dir, path)
+    except OSError as exc:
+        # A read-only data directory, a secret file owned by another user: one line naming the file.
+        raise StorageError(f"cannot use {exc.filename or path}: {exc.strerror or exc}") from None
+
+
+def _load_or_create(data_dir: Path, path: Path) -> bytes:
     if path.exists():
         return _read(path)
     secret = secrets.token_bytes(SECRET_BYTES)

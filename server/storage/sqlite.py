@@ -46,7 +46,7 @@ from server.domain import (
     UserQuery,
 )
 from server.security import email_key, identifier_key, skeleton_data_version, username_skeleton
-from server.storage import StorageError
+from server.storage import StorageError, prepare_data_dir
 
 DATABASE_FILE = "mixauth.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -534,7 +534,7 @@ def _owner_only(path: Path) -> None:
 @asynccontextmanager
 async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
     """Open (creating and migrating when needed) the database in ``data_dir``; close it on exit."""
-    await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+    await asyncio.to_thread(prepare_data_dir, data_dir)
     path = data_dir / DATABASE_FILE
     async with contextlib.AsyncExitStack() as stack:
         try:

@@ -8,6 +8,9 @@ so the log context the middlewares bound (request id, client IP, user id) is sti
   every few seconds does not fill the log at INFO;
 - the request metrics (count and latency by route, method and status), when metrics are enabled.
 
+Both name the same route: the pattern of the resource the path matched, also when the method did not (a
+405); for a path no resource has (a 404) the log's ``route`` is null and the metrics' label ``unmatched``.
+
 Doing both here rather than in a middleware costs one call per request. Requests that aiohttp's HTTP
 parser refused reach no application: they are logged (with no route) but not counted.
 """
@@ -20,6 +23,7 @@ from typing import Any
 
 import structlog
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_exceptions import HTTPMethodNotAllowed
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -50,7 +54,9 @@ class AccessLog(AbstractAccessLogger):
         if metrics is not None:
             method = request.method if request.method in KNOWN_METHODS else "other"
             metrics.request_answered(route or "unmatched", method, response.status, time)
-        level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+        # A probe or a scrape is quiet; a wrong method on their paths is not one.
+        quiet = route in QUIET_ROUTES and response.status != HTTPMethodNotAllowed.status_code
+        level = logging.DEBUG if quiet else logging.INFO
         if not self._level_source.isEnabledFor(level):
             return
         (self._log.debug if level == logging.DEBUG else self._log.info)(
@@ -71,11 +77,29 @@ def _app_of(request: BaseRequest) -> Any:
 
 
 def route_of(request: BaseRequest) -> str | None:
-    """The path pattern of the route that answered; None when no route matched."""
+    """The path pattern of the resource that the request's path matched; None when none did."""
     # A request aiohttp's parser refused (say, an unknown method) never reached the router, and its
     # match_info property asserts: such a request has no route.
     try:
-        resource = request.match_info.route.resource  # type: ignore[attr-defined]
+        match_info = request.match_info  # type: ignore[attr-defined]
+        resource = match_info.route.resource
     except (AttributeError, AssertionError):
         return None
-    return resource.canonical if resource is not None else None
+    if resource is not None:
+        return str(resource.canonical)
+    if isinstance(getattr(match_info, "http_exception", None), HTTPMethodNotAllowed):
+        return _resource_matching_path(request)
+    return None
+
+
+def _resource_matching_path(request: BaseRequest) -> str | None:
+    """The pattern of the resource whose path matched when its methods did not (a 405).
+
+    The router does not keep that resource; finding it again costs a walk over the resources, for 405s only.
+    """
+    path = request.rel_url.path_safe  # what the router matched against
+    for resource in request.app.router.resources():  # type: ignore[attr-defined]
+        info = resource.get_info()
+        if info.get("path") == path or ("pattern" in info and info["pattern"].fullmatch(path)):
+            return str(resource.canonical)
+    return None
