@@ -31,6 +31,9 @@ from server.web.middleware import bearer_auth, error_mapping, request_context
 
 Clock = Callable[[], float]
 
+# The smallest step the rate-limit gauges move in (see _watch).
+BUCKET_STEP_FLOOR = 100
+
 
 def auth_policy(settings: Settings) -> AuthPolicy:
     return AuthPolicy(
@@ -121,11 +124,20 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
 def _watch(
     metrics: Metrics, limiter: MemoryRateLimiter, hasher: PasswordHasher, tokens: TokenCodec, store: CachedUserStore
 ) -> None:
-    metrics.gauge("mixauth_rate_limit_buckets", "Rate-limit buckets live in memory.", lambda: len(limiter))
+    # A known account's username and email share one sign-in bucket, while an unknown name gets one per
+    # spelling: exact counts would tell a scraper whether a username and an email are one account. They
+    # are reported in steps of 1 % of the cap (at least 100 buckets), enough to watch memory and the cap.
+    step = max(BUCKET_STEP_FLOOR, limiter.max_buckets // 100)
+    metrics.gauge(
+        "mixauth_rate_limit_buckets",
+        f"Rate-limit buckets live in memory, rounded down to a multiple of {step}.",
+        lambda: len(limiter) // step * step,
+    )
+    metrics.gauge("mixauth_rate_limit_max_buckets", "The most rate-limit buckets kept.", lambda: limiter.max_buckets)
     metrics.gauge(
         "mixauth_rate_limit_evicted_buckets",
-        "Buckets forgotten since start to stay under the cap.",
-        lambda: limiter.evictions,
+        f"Buckets forgotten since start to stay under the cap, rounded down to a multiple of {step}.",
+        lambda: limiter.evictions // step * step,
     )
     metrics.gauge("mixauth_password_hash_workers", "Threads hashing passwords.", lambda: hasher.workers)
     metrics.gauge("mixauth_password_hash_busy_workers", "Threads hashing a password now.", lambda: hasher.busy)
