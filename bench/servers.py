@@ -69,6 +69,8 @@ def mixauth_settings(options: MixauthOptions) -> dict[str, str]:
 def mixauth_env(data_dir: Path, port: int, options: MixauthOptions) -> dict[str, str]:
     """The environment for one mixauth process: this one's minus every mixauth setting, plus the bench's."""
     settings = mixauth_settings(options) | {"PYTHONPATH": str(ROOT), "PORT": str(port), "DATA_DIR": str(data_dir)}
+    # The metrics listener on a free port too: its fixed default would clash with any other server running.
+    settings["METRICS_PORT"] = str(free_port())
     inherited = {option.env for option in OPTIONS} | set(settings) | {"BCRYPT_ROUNDS", "HASH_WORKERS"}
     env = {key: value for key, value in os.environ.items() if key not in inherited}
     env.update(settings)
