@@ -33,6 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/mixauth/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=2200 \
+    METRICS_HOST=0.0.0.0 \
     DATA_DIR=/data
 # A fixed uid and gid, so that a bind-mounted data directory can be prepared for it: chown 10001:10001 DIR.
 RUN groupadd --gid 10001 mixauth \
@@ -42,7 +43,9 @@ COPY --from=build /opt/mixauth /opt/mixauth
 VOLUME ["/data"]
 WORKDIR /data
 USER 10001:10001
-EXPOSE 2200
+# 2200: the API. 2201: GET /metrics alone (METRICS_PORT); publish it only towards the scraper, never
+# through the reverse proxy, or set METRICS_TOKEN.
+EXPOSE 2200 2201
 # Healthy once /health/ready answers 200 (the database answers a query); standard library only, no curl.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 CMD ["python3", "-m", "server.healthcheck"]
 # SIGTERM: stop accepting, let requests in flight finish (bcrypt included), close the database, exit 0.

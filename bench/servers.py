@@ -69,6 +69,8 @@ def mixauth_settings(options: MixauthOptions) -> dict[str, str]:
 def mixauth_env(data_dir: Path, port: int, options: MixauthOptions) -> dict[str, str]:
     """The environment for one mixauth process: this one's minus every mixauth setting, plus the bench's."""
     settings = mixauth_settings(options) | {"PYTHONPATH": str(ROOT), "PORT": str(port), "DATA_DIR": str(data_dir)}
+    # The metrics listener on a free port too: its fixed default would clash with any other server running.
+    settings["METRICS_PORT"] = str(free_port())
     inherited = {option.env for option in OPTIONS} | set(settings) | {"BCRYPT_ROUNDS", "HASH_WORKERS"}
     env = {key: value for key, value in os.environ.items() if key not in inherited}
     env.update(settings)
@@ -161,11 +163,13 @@ def _wait_for_first_answer(server: ServerProcess, started: float) -> float:
     raise ServerError(f"{server.name} did not answer within {START_DEADLINE_S:.0f} s")
 
 
-def start_mixauth(work_dir: Path, options: MixauthOptions, name: str = "mixauth") -> ServerProcess:
+def start_mixauth(
+    work_dir: Path, options: MixauthOptions, name: str = "mixauth", extra_env: Mapping[str, str] | None = None
+) -> ServerProcess:
     """mixauth on a free port with its data in ``work_dir/<name>-data`` (run from ``work_dir``, so no
-    config.toml is picked up)."""
+    config.toml is picked up); ``extra_env`` adds or overrides settings."""
     port = free_port()
-    env = mixauth_env(work_dir / f"{name}-data", port, options)
+    env = mixauth_env(work_dir / f"{name}-data", port, options) | dict(extra_env or {})
     command = [options.python, "-m", "server"]
     return _spawn(name, command, env, work_dir, work_dir / "logs", port)
 

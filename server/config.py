@@ -19,6 +19,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MIN_SECRET_BYTES = 32
 MAX_CONFIG_BYTES = 1024 * 1024
+MIN_METRICS_TOKEN_CHARACTERS = 16
+# Addresses that listen on every interface, so that a port on them clashes with that port on any address.
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # noqa: S104 - recognised, not bound
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _DURATION = re.compile(r"^\s*([0-9]+)\s*(s|m|h|d|w)?\s*$")
@@ -52,7 +55,9 @@ class Settings:
     hash_workers: int | None = None
     hash_queue_limit: int = 32
     metrics_enabled: bool = True
-    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 2201
+    metrics_token: str | None = field(default=None, repr=False)
     password_min_length: int = 6
     default_plan: str = "free"
     log_level: str = "info"
@@ -89,7 +94,7 @@ _DEFAULT_TEXT = {
     "api_user_create_scope": "empty (open)",
     "trusted_proxies": "empty (none)",
     "hash_workers": "auto",
-    "metrics_port": "empty (the API port)",
+    "metrics_token": "empty (none)",
 }
 
 
@@ -146,6 +151,17 @@ def _secret(value: Any) -> str:
         raise ValueError("expected a string")
     if len(value.encode()) < MIN_SECRET_BYTES:
         raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
+def _metrics_token(value: Any) -> str | None:
+    """The bearer token /metrics asks for; empty means none."""
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    if not value.strip():
+        return None
+    if len(value) < MIN_METRICS_TOKEN_CHARACTERS or value != value.strip():
+        raise ValueError(f"must be at least {MIN_METRICS_TOKEN_CHARACTERS} characters, without surrounding spaces")
     return value
 
 
@@ -267,10 +283,16 @@ OPTIONS: tuple[Option, ...] = (
         "Password checks allowed to wait for a thread; past it, sign-in and signup answer 503.",
     ),
     Option("metrics_enabled", _boolean, "Serve Prometheus metrics at GET /metrics."),
+    Option("metrics_host", _text, "Address the metrics listener binds (with metrics_port)."),
     Option(
         "metrics_port",
         _optional_port,
-        "Serve /metrics on this port (same host) instead of the API's; empty keeps it on the API port.",
+        "The metrics listener's port; empty (or 0) serves /metrics on the API port, which needs metrics_token.",
+    ),
+    Option(
+        "metrics_token",
+        _metrics_token,
+        "Bearer token /metrics asks for, at least 16 characters; required when metrics_port is empty.",
     ),
     Option("password_min_length", _int_between(6, 72), "Minimum password length in characters (6 to 72)."),
     Option("default_plan", _text, "Plan given to new users."),
@@ -318,7 +340,28 @@ def load_settings(
         sources["jwt_secret"] = "jwt_secret_file"  # noqa: S105 - where the secret came from, not the secret
     for option in OPTIONS:
         sources.setdefault(option.key, "default")
-    return Settings(**values, sources=sources)
+    settings = Settings(**values, sources=sources)
+    _check_metrics(settings)
+    return settings
+
+
+def _check_metrics(settings: Settings) -> None:
+    """Where /metrics is served: never beside the API without a token, never on the API's own port."""
+    if not settings.metrics_enabled:
+        return
+    if settings.metrics_port is None:
+        if settings.metrics_token is None:
+            raise ConfigError(
+                "METRICS_PORT is empty, which serves /metrics on the API port: set METRICS_TOKEN too "
+                f"(at least {MIN_METRICS_TOKEN_CHARACTERS} characters), or give METRICS_PORT a port of its own"
+            )
+        return
+    same_host = settings.metrics_host == settings.host or {settings.metrics_host, settings.host} & _WILDCARD_HOSTS
+    if settings.metrics_port == settings.port and same_host:
+        raise ConfigError(
+            f"METRICS_PORT {settings.metrics_port} is the API's PORT too: give metrics another port, or leave "
+            "METRICS_PORT empty (with METRICS_TOKEN) to serve /metrics on the API port"
+        )
 
 
 def _secret_from_file(path: Path) -> str:

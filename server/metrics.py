@@ -2,10 +2,14 @@
 
 - ``mixauth_http_requests_total`` and ``mixauth_http_request_duration_seconds``: every answered request by
   route (the path pattern; ``unmatched`` for paths no route has), method and status.
-- ``mixauth_auth_events_total``: every auth event by name and outcome (the reason a sign-in failed or a
-  token was refused, the limit that throttled or rate-limited, how a user was created).
-- Gauges read when scraped: live rate-limit buckets and evictions, the password-hashing pool's workers,
-  busy workers and queue depth, and the sizes of the token and user caches.
+- ``mixauth_auth_events_total``: every auth event by name and outcome (the reason a token was refused, the
+  limit that throttled or rate-limited, how a user was created; ``server.service.OUTCOME_FIELDS``). No
+  outcome may tell a known account from an unknown one, so a failed sign-in has none: its reason is logged.
+- Gauges read when scraped: live rate-limit buckets and evictions (in coarse steps, see
+  ``server.web.app``) and the cap, the password-hashing pool's workers, busy workers and queue depth, and
+  the sizes of the token and user caches.
+
+Where it is served, and who may read it, is ``server.web.app``'s and ``handlers.get_metrics``'s.
 - ``mixauth_build_info``: version, Python and aiohttp.
 """
 

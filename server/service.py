@@ -37,10 +37,12 @@ from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_
 log = structlog.get_logger("mixauth.auth")
 
 # The field that tells each auth event's outcome, counted by observers (metrics) beside the event's name.
+# Only outcomes the caller already knows, or that are alike for every account, belong here: a failed
+# sign-in's reason (unknown_user, wrong_password, password_too_long) would tell a scraper whether the
+# account exists, so it is counted without one and stays in the log, which is the operator's.
 OUTCOME_FIELDS = {
     "user.created": "via",
     "user.signup.rejected": "reason",
-    "user.signin.failed": "reason",
     "user.signin.throttled": "limit",
     "signup.rate_limited": "limit",
     "token.rejected": "reason",

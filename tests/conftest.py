@@ -106,7 +106,9 @@ def wall_clock() -> FakeClock:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", bcrypt_rounds=4, jwt_secret=JWT_SECRET)
+    # Metrics beside the API, so that no test binds the metrics listener's fixed port (tests/test_metrics.py
+    # covers the listener and the token).
+    return Settings(data_dir=tmp_path / "data", bcrypt_rounds=4, jwt_secret=JWT_SECRET, metrics_port=None)
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """The image, built and run for real with podman: ``python3 -m tests.container`` (CI runs it after the suite).
 
 It builds the Dockerfile, then checks against running containers what a single-container deployment relies
-on: the API documentation's three curl calls, the health check turning healthy, a non-root process, data and
-tokens surviving a new container on the same volume, SIGTERM draining a request in flight, ``JWT_SECRET``,
-``API_USER_CREATE_SCOPE`` and ``TRUSTED_PROXIES`` taken from the environment, and an admin created with
-``podman exec``. It prints one line a check, then the image size and each container's start-up time to
-healthy. It exits 1 on the first failed check, and 2 when podman cannot be installed.
+on: the API documentation's three curl calls, the health check turning healthy, a non-root process, metrics
+on their own port and not the API's, data and tokens surviving a new container on the same volume, SIGTERM
+draining a request in flight, ``JWT_SECRET``, ``API_USER_CREATE_SCOPE`` and ``TRUSTED_PROXIES`` taken from
+the environment, and an admin created with ``podman exec``. It prints one line a check, then the image size
+and each container's start-up time to healthy. It exits 1 on the first failed check, and 2 when podman
+cannot be installed.
 
 On a machine without them it installs Debian's podman, runc and debootstrap (as root), and builds a base
 image with debootstrap (Debian bookworm's python3, so no registry is needed), kept in podman's image store
@@ -233,24 +234,31 @@ def curl(*args: str) -> Answer:
 
 
 class Container:
-    """One detached container of the image, its port published on a free loopback port."""
+    """One detached container of the image, its API port and its metrics port (2201, which an operator
+    publishes only towards the scraper) published on free loopback ports."""
 
     def __init__(self, podman: Podman, image: str, name: str, volume: str, *options: str, **env: str) -> None:
         self.podman, self.image, self.name, self.volume, self.env = podman, image, name, volume, env
         self.options = options
         self.port = 0
+        self.metrics_port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
     def start(self) -> float:
         """Run it, then the seconds until its HEALTHCHECK first passes (podman runs it on request here)."""
-        self.port = free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         variables = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
         began = time.monotonic()
         self.podman(
-            "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:2200", "-v", f"{self.volume}:/data",
+            "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:2200",
+            "-p", f"127.0.0.1:{self.metrics_port}:2201", "-v", f"{self.volume}:/data",
             *self.options, *variables, self.image,
         )  # fmt: skip
         while self.podman("healthcheck", "run", self.name, check=False).returncode != 0:
@@ -303,8 +311,9 @@ def check_image(podman: Podman, image: str) -> None:
     check(config.get("StopSignal") == "SIGTERM", "its STOPSIGNAL is SIGTERM")
     test = (inspected.get("Healthcheck") or config.get("Healthcheck") or {}).get("Test")  # podman's place, Docker's
     check(test == ["CMD", "python3", "-m", "server.healthcheck"], "its HEALTHCHECK asks the readiness endpoint")
-    declared = "/data" in config.get("Volumes", {}) and "2200/tcp" in config.get("ExposedPorts", {})
-    check(declared, "it declares the /data volume and port 2200")
+    ports = config.get("ExposedPorts", {})
+    declared = "/data" in config.get("Volumes", {}) and "2200/tcp" in ports and "2201/tcp" in ports
+    check(declared, "it declares the /data volume, the API's port 2200 and the metrics port 2201")
     baked = [entry for entry in config.get("Env", []) if entry.startswith(("JWT_SECRET", "PIP_"))]
     check(not baked, "no JWT_SECRET nor PIP_* build argument in its environment")
     probe = (
@@ -360,6 +369,13 @@ def check_untrusted_forwarded_for(container: Container) -> None:
     check(seen != "203.0.113.9", f"without TRUSTED_PROXIES a client's X-Forwarded-For is ignored (client_ip {seen})")
 
 
+def check_metrics(container: Container) -> None:
+    """Metrics on their own port (2201, METRICS_HOST=0.0.0.0 in the image), not on the API's."""
+    check(call(f"{container.url}/metrics").status == 404, "the API port does not serve /metrics")
+    scraped = call(f"{container.metrics_url}/metrics")
+    check(scraped.status == 200 and "mixauth_build_info" in scraped.body, "port 2201 serves /metrics")
+
+
 def check_drain(container: Container) -> None:
     """A signup still hashing when the container is stopped is answered, and the server exits 0."""
     body = {"username": "late", "email": "late@example.com", "password": "late-password"}
@@ -367,7 +383,7 @@ def check_drain(container: Container) -> None:
     request = threading.Thread(target=lambda: answers.append(call(f"{container.url}/user", "POST", body)))
     request.start()
     deadline = time.monotonic() + 30
-    while "mixauth_password_hash_busy_workers 1.0" not in call(f"{container.url}/metrics").body:
+    while "mixauth_password_hash_busy_workers 1.0" not in call(f"{container.metrics_url}/metrics").body:
         check_silent(time.monotonic() < deadline, "the signup never reached the hashing pool")
         time.sleep(0.01)
     code, took = container.stop()
@@ -483,6 +499,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         token = check_seed_calls(first)
         check_process(first)
         check_untrusted_forwarded_for(first)
+        check_metrics(first)
         code, took = first.stop()
         check(code == 0, f"podman stop: exit code 0 in {took:.1f} s")
 

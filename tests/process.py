@@ -1,4 +1,4 @@
-"""A real server process for tests: the Dockerfile's start command in a subprocess on a free loopback port.
+"""A real server process for tests: the Dockerfile's start command in a subprocess on free loopback ports.
 
 Every test that needs ``python -m server`` as a user runs it (process tests, fuzzers over raw sockets, log
 checks over the whole output) starts it with ``start_server`` and stops it with ``Server.stop``.
@@ -39,9 +39,14 @@ def dockerfile_start() -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
+SERVER_ADDRESS = {"JWT_SECRET", "DATA_DIR", "PORT", "HOST", "METRICS_HOST", "METRICS_PORT", "METRICS_TOKEN"}
+
+
 def base_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in {"JWT_SECRET", "DATA_DIR", "PORT", "HOST"}}
-    env["PYTHONPATH"] = str(ROOT)
+    """This process's environment without the server's address and secrets; the metrics listener on a free
+    loopback port (never the fixed default, which parallel runs would share)."""
+    env = {key: value for key, value in os.environ.items() if key not in SERVER_ADDRESS}
+    env.update(PYTHONPATH=str(ROOT), METRICS_HOST="127.0.0.1", METRICS_PORT=str(free_port()))
     env.update(extra)
     return env
 
@@ -63,10 +68,12 @@ async def wait_until_serving(port: int, process: subprocess.Popen[bytes], deadli
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path, metrics_url: str) -> None:
         self.process = process
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
+        # The metrics listener's address; the API's own URL when METRICS_PORT is empty.
+        self.metrics_url = metrics_url
 
     def stop(self, signalled: bool = False) -> tuple[int, list[dict[str, Any]], str]:
         """SIGTERM (unless ``signalled`` already), then the exit code, the parsed stdout log lines and stderr."""
@@ -90,13 +97,16 @@ async def start_server(tmp_path: Path, name: str = "server", **extra_env: str) -
     port = free_port()
     env = base_env(**image_env)
     env.update(HOST="127.0.0.1", PORT=str(port), DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
+    env.update(METRICS_HOST="127.0.0.1", METRICS_PORT=str(free_port()))
     env.update(extra_env)
+    metrics_port = env["METRICS_PORT"].strip()
+    metrics_url = f"http://127.0.0.1:{metrics_port}" if metrics_port not in {"", "0"} else f"http://127.0.0.1:{port}"
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, *command[1:]], cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.PIPE
         )
-    server = Server(process, port, log_path)
+    server = Server(process, port, log_path, metrics_url)
     try:
         await wait_until_serving(port, process)
     except BaseException:

@@ -115,7 +115,7 @@ def test_repo_config_file_loads_to_the_defaults(workdir: Path) -> None:
 def test_repo_config_file_sets_every_option_but_the_secret() -> None:
     with REPO_CONFIG.open("rb") as handle:
         data = tomllib.load(handle)
-    assert set(data) == {option.key for option in OPTIONS} - {"jwt_secret", "jwt_secret_file"}
+    assert set(data) == {option.key for option in OPTIONS} - {"jwt_secret", "jwt_secret_file", "metrics_token"}
 
 
 def test_repo_config_file_documents_every_key_and_env_name() -> None:
@@ -524,6 +524,6 @@ def test_the_readme_documents_every_setting_as_the_code_defines_it() -> None:
 def test_defaults_written_as_text_mean_the_real_defaults() -> None:
     assert parse_duration(default_text(OPTIONS_BY_KEY["jwt_token_exp"])) == Settings().jwt_token_exp
     assert OPTIONS_BY_KEY["hash_workers"].parse("auto") == Settings().hash_workers
-    assert OPTIONS_BY_KEY["metrics_port"].parse("") == Settings().metrics_port
+    assert OPTIONS_BY_KEY["metrics_token"].parse("") == Settings().metrics_token
     assert OPTIONS_BY_KEY["trusted_proxies"].parse("") == Settings().trusted_proxies
     assert OPTIONS_BY_KEY["api_user_create_scope"].parse("") == Settings().api_user_create_scope

@@ -60,6 +60,7 @@ def server_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
         HOST="127.0.0.1",
         PORT=str(port),
+        METRICS_PORT=str(free_port()),
         DATA_DIR=str(tmp_path / "data"),
         JWT_SECRET=JWT_SECRET,
         BCRYPT_ROUNDS="4",

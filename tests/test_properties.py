@@ -307,6 +307,7 @@ def running_client(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, 
         user_signup_rate_limit_ip=1_000_000_000,
         user_signin_rate_limit_account=1_000_000_000,
         user_signin_rate_limit_ip=1_000_000_000,
+        metrics_port=None,  # beside the API, as in conftest: no test binds the listener's fixed port
     )
     loop = asyncio.new_event_loop()
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(app_settings)), loop=loop)

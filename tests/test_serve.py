@@ -38,10 +38,11 @@ def test_dockerfile_runs_as_non_root_with_data_in_a_volume() -> None:
     assert env["HOST"] == "0.0.0.0"
     assert env["PORT"] == "2200"
     assert env["DATA_DIR"] == "/data"
+    assert env["METRICS_HOST"] == "0.0.0.0"  # reachable only where the operator publishes port 2201
     assert not any(name.startswith("PIP_") for name in env), "build settings stay in the build stage"
     assert re.search(r"^VOLUME \[\"/data\"\]$", text, re.MULTILINE)
     assert re.search(r"^USER (?!root\b|0\b)[\w:]+$", text, re.MULTILINE)
-    assert re.search(r"^EXPOSE 2200$", text, re.MULTILINE)
+    assert re.search(r"^EXPOSE 2200 2201$", text, re.MULTILINE)
     assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
 
 

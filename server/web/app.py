@@ -2,13 +2,14 @@
 
 ``create_app`` does no I/O. The database, the JWT secret and the hashing pool are opened by the cleanup
 context when the application starts (before the port is bound) and closed when it stops; this is the only
-module that names concrete backends. With METRICS_PORT set, a second, metrics-only listener lives in a
-cleanup context of its own.
+module that names concrete backends. With METRICS_PORT set (the default), a second, metrics-only listener
+lives in a cleanup context of its own, started first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -26,10 +27,22 @@ from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
-from server.web.keys import ACCESS_RULES, METRICS, READINESS, SERVICE, STORE, TRUSTED_PROXIES, Requirement
+from server.web.keys import (
+    ACCESS_RULES,
+    METRICS,
+    METRICS_TOKEN,
+    READINESS,
+    SERVICE,
+    STORE,
+    TRUSTED_PROXIES,
+    Requirement,
+)
 from server.web.middleware import bearer_auth, error_mapping, request_context
 
 Clock = Callable[[], float]
+
+# The smallest step the rate-limit gauges move in (see _watch).
+BUCKET_STEP_FLOOR = 100
 
 
 def auth_policy(settings: Settings) -> AuthPolicy:
@@ -102,13 +115,17 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         finally:
             await asyncio.to_thread(hasher.close)
 
-    app.cleanup_ctx.append(services)
     if metrics is not None:
         app[METRICS] = metrics
+        if settings.metrics_token is not None:
+            app[METRICS_TOKEN] = settings.metrics_token.encode("utf-8", "surrogatepass")
         if settings.metrics_port is None:
             app.router.add_get("/metrics", handlers.get_metrics, name="metrics", allow_head=False)
+            app[ACCESS_RULES]["metrics"] = Requirement(own_bearer=True)
         else:
-            app.cleanup_ctx.append(_metrics_listener(metrics, settings.host, settings.metrics_port))
+            # First, so that a busy metrics port fails start-up before anything else is opened.
+            app.cleanup_ctx.append(_metrics_listener(app, settings.metrics_host, settings.metrics_port))
+    app.cleanup_ctx.append(services)
     app.router.add_get("/health/live", handlers.health_live, name="health_live", allow_head=False)
     app.router.add_get("/health/ready", handlers.health_ready, name="health_ready", allow_head=False)
     app.router.add_post("/user/auth", handlers.sign_in, name="sign_in")
@@ -121,11 +138,20 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
 def _watch(
     metrics: Metrics, limiter: MemoryRateLimiter, hasher: PasswordHasher, tokens: TokenCodec, store: CachedUserStore
 ) -> None:
-    metrics.gauge("mixauth_rate_limit_buckets", "Rate-limit buckets live in memory.", lambda: len(limiter))
+    # A known account's username and email share one sign-in bucket, while an unknown name gets one per
+    # spelling: exact counts would tell a scraper whether a username and an email are one account. They
+    # are reported in steps of 1 % of the cap (at least 100 buckets), enough to watch memory and the cap.
+    step = max(BUCKET_STEP_FLOOR, limiter.max_buckets // 100)
+    metrics.gauge(
+        "mixauth_rate_limit_buckets",
+        f"Rate-limit buckets live in memory, rounded down to a multiple of {step}.",
+        lambda: len(limiter) // step * step,
+    )
+    metrics.gauge("mixauth_rate_limit_max_buckets", "The most rate-limit buckets kept.", lambda: limiter.max_buckets)
     metrics.gauge(
         "mixauth_rate_limit_evicted_buckets",
-        "Buckets forgotten since start to stay under the cap.",
-        lambda: limiter.evictions,
+        f"Buckets forgotten since start to stay under the cap, rounded down to a multiple of {step}.",
+        lambda: limiter.evictions // step * step,
     )
     metrics.gauge("mixauth_password_hash_workers", "Threads hashing passwords.", lambda: hasher.workers)
     metrics.gauge("mixauth_password_hash_busy_workers", "Threads hashing a password now.", lambda: hasher.busy)
@@ -134,21 +160,31 @@ def _watch(
     metrics.gauge("mixauth_user_cache_entries", "Users remembered by id.", lambda: len(store))
 
 
-def _metrics_listener(metrics: Metrics, host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context serving only GET /metrics on ``port``, for as long as the application runs."""
+def _metrics_listener(api: web.Application, host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context serving only GET /metrics (with the API's metrics and token) on ``host:port``.
+
+    Its answers are the API's: the JSON error body for unknown paths and methods, the security headers and
+    a request id on every one.
+    """
 
     async def listener(_app: web.Application) -> AsyncIterator[None]:
-        metrics_app = web.Application()
-        metrics_app[METRICS] = metrics
+        metrics_app = web.Application(middlewares=[request_context, error_mapping])
+        metrics_app[METRICS] = api[METRICS]
+        if METRICS_TOKEN in api:
+            metrics_app[METRICS_TOKEN] = api[METRICS_TOKEN]
+        metrics_app[TRUSTED_PROXIES] = ()
         metrics_app.router.add_get("/metrics", handlers.get_metrics, allow_head=False)
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(exc.errno, f"metrics listener {host}:{port}: {reason}") from None
+            yield
+        finally:
+            # Also when a later start-up step fails and the loop closes this generator instead of aiohttp.
             await runner.cleanup()
-            raise OSError(exc.errno, f"metrics port {port}: {exc.strerror}") from None
-        yield
-        await runner.cleanup()
 
     return listener

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from server.domain import NotReady, User
+from server.domain import AuthenticationRequired, InvalidToken, NotReady, User
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.web.bodies import SECURITY_HEADERS, json_response, read_json_object
-from server.web.keys import CLIENT_IP, METRICS, PRINCIPAL, READINESS, SERVICE
+from server.web.keys import CLIENT_IP, METRICS, METRICS_TOKEN, PRINCIPAL, READINESS, SERVICE
 from server.web.openapi import OPENAPI_DOCUMENT
 
 log = structlog.get_logger("mixauth.health")
+metrics_log = structlog.get_logger("mixauth.metrics")
 
 READINESS_TIMEOUT = 2.0
 
@@ -82,6 +84,23 @@ async def health_ready(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    # Served on the metrics port too, where no middleware adds the security headers.
-    headers = {"Content-Type": METRICS_CONTENT_TYPE, **SECURITY_HEADERS}
+    _check_metrics_token(request)
+    headers = {"Content-Type": METRICS_CONTENT_TYPE, **SECURITY_HEADERS, **NO_STORE}
     return web.Response(body=request.app[METRICS].render(), headers=headers)
+
+
+def _check_metrics_token(request: web.Request) -> None:
+    """With a metrics token configured, the request must carry it as its one ``Authorization: Bearer``."""
+    expected = request.app.get(METRICS_TOKEN)
+    if expected is None:
+        return
+    headers = request.headers.getall("Authorization", ())
+    if not headers:
+        metrics_log.warning("metrics.denied", reason="no_token")
+        raise AuthenticationRequired()
+    scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
+    given = token.strip() if scheme.lower() == "bearer" else ""
+    # Constant time: how far a guess matches must not show in how long the answer takes.
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected):
+        metrics_log.warning("metrics.denied", reason="wrong_token")
+        raise InvalidToken("wrong_metrics_token")

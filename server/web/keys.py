@@ -19,6 +19,8 @@ class Requirement:
 
     authenticated: bool = False
     scopes: frozenset[str] = frozenset()
+    # The route checks a bearer token of its own (the metrics token), which is no user's JWT.
+    own_bearer: bool = False
 
 
 OPEN = Requirement()
@@ -26,6 +28,8 @@ OPEN = Requirement()
 SERVICE = web.AppKey("service", AuthService)
 STORE = web.AppKey("store", UserStore)
 METRICS = web.AppKey("metrics", Metrics)
+# The bearer token GET /metrics asks for, in UTF-8; absent when none is configured.
+METRICS_TOKEN = web.AppKey("metrics_token", bytes)
 
 
 class Probe(Protocol):

@@ -6,7 +6,8 @@
   aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; anything else is logged with its
   traceback and answered with a bare 500.
 - ``bearer_auth``: reads an ``Authorization: Bearer`` header on every request (a present but invalid one is
-  401 everywhere), then checks the route's Requirement.
+  401 everywhere), then checks the route's Requirement; a route that checks a bearer token of its own
+  (``/metrics`` and its metrics token) is left to do so.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ async def error_mapping(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route_name = request.match_info.route.name
+    requirement = request.app[ACCESS_RULES].get(route_name or "", OPEN)
+    if requirement.own_bearer:
+        return await handler(request)
     service = request.app[SERVICE]
     headers = request.headers.getall("Authorization", ())
     if headers:
@@ -92,8 +97,6 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
         principal = await service.authenticate(token.strip() if scheme.lower() == "bearer" else "")
         request[PRINCIPAL] = principal
-    route_name = request.match_info.route.name
-    requirement = request.app[ACCESS_RULES].get(route_name or "", OPEN)
     if requirement.authenticated or requirement.scopes:
         service.authorize(request.get(PRINCIPAL), requirement.scopes, route_name)
     return await handler(request)
