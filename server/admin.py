@@ -5,8 +5,8 @@ can already read the database. They reuse the signup rules (``server.validation`
 raise domain errors only, and log one structured event per change (``user.password_changed``,
 ``user.scope_changed``, ``user.deleted``) with ``via``; never a password or a hash.
 
-A user is named by id, username or email, matched as sign-in matches them (``identifier_key``). A name that
-fits two different users (one's username is another's email, say) is refused rather than guessed.
+A user is named by id, username or email, matched as sign-in matches them (``identifier_key``, ``email_key``).
+A name that fits two different users (one's username is another's email, say) is refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from server import validation
 from server.config import SCOPE_PATTERN
 from server.domain import InvalidField, MixauthError, User, UserStore
 from server.hashing import PasswordHasher
-from server.security import USER_ID_PATTERN, identifier_key
+from server.security import USER_ID_PATTERN, email_key, identifier_key
 
 log = structlog.get_logger("mixauth.admin")
 
@@ -59,7 +59,7 @@ async def find_user(store: UserStore, identifier: str) -> User:
     candidates = [
         await store.get_by_id(key) if USER_ID_PATTERN.fullmatch(key) else None,
         await store.get_by_username(key) if key else None,
-        await store.get_by_email(key) if key else None,
+        await store.get_by_email(email_key(identifier, strict=False)) if key else None,
     ]
     found = list({user.id: user for user in candidates if user is not None}.values())
     if not found:

@@ -19,7 +19,9 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     ├── InsufficientScope (403 insufficient_scope)
     ├── InvalidCredentials (403 invalid_credentials)
     ├── Conflict (409 conflict)
+    │   ├── LastAdmin (409 last_admin)
     │   ├── UsernameTaken (409 username_taken)
+    │   │   └── UsernameConfusable (409 username_confusable)
     │   └── EmailTaken (409 email_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── RateLimited (429 rate_limited)
@@ -35,14 +37,45 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 JsonObject = Mapping[str, Any]
+
+ADMIN_SCOPE = "admin"
+
+
+def created_from_id(user_id: str) -> int:
+    """Milliseconds since the epoch that a user id's first 4 bytes (whole seconds) name; 0 for a malformed id.
+
+    The ``created`` of users stored before ``created`` was (and of users added without one)."""
+    try:
+        return int(user_id[:8], 16) * 1000
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """A stored user. The password hash never leaves the service layer and is kept out of reprs."""
+    """A stored user. The password hash never leaves the service layer and is kept out of reprs.
+
+    ``created`` is in milliseconds since the epoch (ids carry whole seconds only); left out, it is the id's.
+    ``vendor`` is a list of names, empty when none.
+
+    ``token_version`` is the user's revocation state: a token is valid only while the version it carries (a
+    claim beside the contract's four; a token without it carries 0) equals the stored one, and revoking
+    every token of the user is one atomic increment. Chosen over a "tokens valid after" timestamp because:
+
+    - it is exact by construction: a token issued before the increment carries the old number, one issued
+      after carries the new, however close together (a timestamp ties within its resolution, and a
+      change-password answer issues its fresh token in the same millisecond as the revocation);
+    - it does not depend on clocks: servers whose clocks differ, or a clock stepped back, neither revive a
+      revoked token nor refuse a fresh one;
+    - it costs nothing on ``GET /user``: the user is loaded anyway, and the check is an integer comparison;
+    - it is one integer to export and import, and tokens issued before the move are judged the same after it.
+
+    A token whose version is greater than the stored one was issued after a change this copy of the user has
+    not seen yet (a cache in another process): the reader should reload the user once before refusing.
+    """
 
     id: str
     username: str
@@ -52,6 +85,17 @@ class User:
     is_active: bool
     password_hash: str = field(repr=False)
     metadata: JsonObject | None = None
+    vendor: tuple[str, ...] = ()
+    created: int = -1
+    token_version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.created < 0:
+            object.__setattr__(self, "created", created_from_id(self.id))
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_SCOPE in self.scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +105,34 @@ class NewUser:
     id: str
     username: str
     username_key: str
+    username_skeleton: str
     email: str
     email_key: str
     password_hash: str = field(repr=False)
     scope: tuple[str, ...]
     plan: str
     metadata: JsonObject | None = None
+    # What an import carries over; a signup leaves the defaults (inactive, no vendor, version 0, and the
+    # id's creation second when ``created`` is not given).
+    vendor: tuple[str, ...] = ()
+    created: int | None = None
+    is_active: bool = False
+    token_version: int = 0
 
     def as_user(self) -> User:
-        """The User a store holds for this one right after adding it (new users start inactive)."""
+        """The User a store holds for this one right after adding it."""
         return User(
             id=self.id,
             username=self.username,
             email=self.email,
             scope=self.scope,
             plan=self.plan,
-            is_active=False,
+            is_active=self.is_active,
             password_hash=self.password_hash,
             metadata=self.metadata,
+            vendor=self.vendor,
+            created=created_from_id(self.id) if self.created is None else self.created,
+            token_version=self.token_version,
         )
 
 
@@ -203,9 +257,23 @@ class Conflict(MixauthError):
     default_message = "The resource already exists."
 
 
+class LastAdmin(Conflict):
+    """The change would leave no user holding the ``admin`` scope."""
+
+    code = "last_admin"
+    default_message = "This is the last user with the admin scope: the change would leave no admin."
+
+
 class UsernameTaken(Conflict):
     code = "username_taken"
     default_message = "This username is already taken."
+
+
+class UsernameConfusable(UsernameTaken):
+    """The username looks like one already taken (their UTS #39 confusable skeletons are equal)."""
+
+    code = "username_confusable"
+    default_message = "This username is too similar to one already taken."
 
 
 class EmailTaken(Conflict):
@@ -268,11 +336,107 @@ class NotReady(MixauthError):
     default_message = "The database does not answer."
 
 
+UserSortField = Literal["created", "username", "email"]
+USER_SORT_FIELDS: tuple[UserSortField, ...] = ("created", "username", "email")
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuery:
+    """Which users to list or count, in what order, and which page (offset paging).
+
+    Filters: each field holds the values of its filters, and every value must hold (``scope=("a", "b")``:
+    users holding both). ``scope`` and ``vendor`` match a name held in the user's list; ``plan`` and
+    ``is_active`` match the value exactly. ``pattern`` is a literal substring of the username's key (no
+    wildcards of any kind), so the caller passes it normalised as keys are (``identifier_key`` without
+    the trim); empty matches every user.
+
+    Order: ``sort`` (``created``, or ``username`` and ``email`` by their keys, which compare by code point,
+    a database's binary collation), then id ascending for ties, so pages never overlap or skip. ``count``
+    ignores the order, ``limit`` and ``offset``.
+    """
+
+    scope: tuple[str, ...] = ()
+    plan: tuple[str, ...] = ()
+    vendor: tuple[str, ...] = ()
+    is_active: tuple[bool, ...] = ()
+    pattern: str = ""
+    sort: UserSortField = "created"
+    descending: bool = True
+    limit: int = 100
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sort not in USER_SORT_FIELDS:
+            raise ValueError(f"cannot sort users by {self.sort!r}")
+        if self.limit < 0 or self.offset < 0:
+            raise ValueError(f"limit and offset must not be negative, got {self.limit} and {self.offset}")
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanges:
+    """What to change in one user, in one atomic write; a field left None stays as it is.
+
+    A new ``email`` or ``username`` comes with its key (the unique, normalised form), and a new username with
+    its confusable skeleton too, as in NewUser.
+    ``metadata`` replaces the stored object (pass ``{}`` to clear it). ``revoke_tokens`` also revokes every
+    token of the user (see ``User.token_version``), in the same write: a new password and the revocation
+    land together or not at all.
+    """
+
+    scope: tuple[str, ...] | None = None
+    vendor: tuple[str, ...] | None = None
+    metadata: JsonObject | None = None
+    email: str | None = None
+    email_key: str | None = None
+    username: str | None = None
+    username_key: str | None = None
+    username_skeleton: str | None = None
+    password_hash: str | None = field(default=None, repr=False)
+    is_active: bool | None = None
+    plan: str | None = None
+    revoke_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.email is None) != (self.email_key is None):
+            raise ValueError("a new email comes with its key")
+        if not (self.username is None) == (self.username_key is None) == (self.username_skeleton is None):
+            raise ValueError("a new username comes with its key and its skeleton")
+
+    @property
+    def removes_admin(self) -> bool:
+        """True when the change leaves the user without the ``admin`` scope (whether they held it or not)."""
+        return self.scope is not None and ADMIN_SCOPE not in self.scope
+
+
+DeleteStatus = Literal["in-progress", "completed", "failed"]
+
+# How long a delete ticket stays readable after its last update; the contract asks for at least 24 hours.
+DELETE_TICKET_RETENTION_MS = 48 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTicket:
+    """The progress of deleting one user, kept in the store so any instance can answer for it.
+
+    ``updated`` (milliseconds since the epoch) is when it was last saved; a ticket is kept at least
+    ``DELETE_TICKET_RETENTION_MS`` after that, and it outlives the user it names.
+    """
+
+    id: str
+    user_id: str
+    status: DeleteStatus
+    steps_done: int
+    steps_total: int
+    updated: int
+
+
 class UserStore(Protocol):
-    """Where users live. Uniqueness of ``username_key`` and ``email_key`` is the backend's job."""
+    """Where users live. Uniqueness of ``username_key``, ``username_skeleton`` and ``email_key`` is the
+    backend's job."""
 
     async def add(self, user: NewUser) -> User:
-        """Insert ``user``; raise UsernameTaken or EmailTaken when a key is already used."""
+        """Insert ``user``; raise UsernameTaken, UsernameConfusable (another user's username has the same
+        skeleton) or EmailTaken when a key is already used."""
         ...
 
     async def get_by_id(self, user_id: str) -> User | None: ...
@@ -295,9 +459,50 @@ class UserStore(Protocol):
         """Replace the user's scopes with ``scope``; False when no user has ``user_id``. One atomic write."""
         ...
 
-    async def delete(self, user_id: str) -> bool:
-        """Remove the user (freeing their username and email); False when no user has ``user_id``."""
+    async def delete(self, user_id: str, *, keep_an_admin: bool = False) -> bool:
+        """Remove the user (freeing their username and email, dropping their reset code); False when no user
+        has ``user_id``. With ``keep_an_admin``, raise LastAdmin instead when the user is the last one
+        holding ``admin``, decided in the same atomic write (two racing deletions of the last two admins:
+        one of them is refused)."""
         ...
+
+    async def find(self, query: UserQuery) -> list[User]:
+        """The page of users ``query`` selects, in its order."""
+        ...
+
+    async def count(self, query: UserQuery) -> int:
+        """How many users ``query``'s filters and pattern select (order, limit and offset ignored)."""
+        ...
+
+    async def update(self, user_id: str, changes: UserChanges, *, keep_an_admin: bool = False) -> User | None:
+        """Apply ``changes`` in one atomic write; return the user as now stored, None when no user has
+        ``user_id``. Raise UsernameTaken or EmailTaken as ``add`` does (and change nothing); with
+        ``keep_an_admin``, raise LastAdmin (changing nothing) when the change would leave no user
+        holding ``admin``, decided in the same write."""
+        ...
+
+    async def revoke_tokens(self, user_id: str) -> int | None:
+        """Revoke every token of the user (one atomic increment of ``token_version``); return the new
+        version, which tokens issued from now on carry; None when no user has ``user_id``."""
+        ...
+
+    async def put_reset_code(self, user_id: str, code_hash: str, expires_at: int) -> bool:
+        """Keep ``code_hash`` as the user's one live password-reset code until ``expires_at`` (milliseconds
+        since the epoch), replacing any earlier code; False when no user has ``user_id``."""
+        ...
+
+    async def consume_reset_code(self, code_hash: str, now: int) -> str | None:
+        """Use up the code whose hash is ``code_hash``: the id of its user when it is live at ``now``,
+        None when it is unknown, used, replaced or expired. Atomic: of two concurrent consumers of one
+        code, exactly one gets the id."""
+        ...
+
+    async def save_delete_ticket(self, ticket: DeleteTicket) -> None:
+        """Create the ticket, or replace the one with its id; tickets not saved for longer than
+        ``DELETE_TICKET_RETENTION_MS`` before ``ticket.updated`` may be forgotten."""
+        ...
+
+    async def get_delete_ticket(self, ticket_id: str) -> DeleteTicket | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
 """Pure, synchronous security primitives: identifiers, password hashing (bcrypt) and tokens (PyJWT, HS256).
 
+Identifiers: the keys usernames and emails are kept unique and matched by (``identifier_key``,
+``email_key``), and the confusable skeleton that keeps look-alike usernames apart (``username_skeleton``).
+
 bcrypt here is deliberately slow and blocking; callers in async code run it on a worker thread (see
 ``server.hashing``). PyJWT errors are translated to ``InvalidToken`` at this boundary.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -14,13 +18,15 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import bcrypt
 import jwt
 
-from server.domain import InvalidToken, JsonObject, NewUser
+from server.domain import InvalidEmail, InvalidToken, JsonObject, NewUser
 
 BCRYPT_MAX_BYTES = 72
+EMAIL_MAX_CHARS = 254  # RFC 5321's limit on a path, less its angle brackets
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 (an algorithm name, not a secret)
 USER_ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 _BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -45,8 +51,9 @@ def build_new_user(
         id=new_user_id(),
         username=username,
         username_key=identifier_key(username),
+        username_skeleton=username_skeleton(username),
         email=email,
-        email_key=identifier_key(email),
+        email_key=email_key(email),
         password_hash=password_hash,
         scope=scope,
         plan=plan,
@@ -63,6 +70,62 @@ def identifier_key(value: str) -> str:
     ``identifier_key(x)``.
     """
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
+
+
+def email_key(email: str, *, strict: bool = True) -> str:
+    """The form emails are matched and kept unique by: ``identifier_key`` of the local part, "@", and the
+    domain's ASCII form (A-labels) under IDNA 2008 with UTS #46 mapping, lower-cased.
+
+    So ``bücher.example`` and ``xn--bcher-kva.example`` are one domain, as they are one in DNS, while
+    ``straße.example`` and ``strasse.example`` stay two (IDNA 2008 keeps ß; case folding alone made it ss).
+    The local part is matched as usernames are (NFKC, case-folded): mail systems treat it case-insensitively
+    in practice, and nothing provider-specific (dots, ``+tags``) is removed, since only the provider knows.
+
+    An address without "@", longer than ``EMAIL_MAX_CHARS`` or whose domain IDNA refuses, raises
+    InvalidEmail; with ``strict=False`` it gets ``identifier_key(email)`` instead, for keys that must exist
+    for any text (sign-in, rate limits). The length bound comes first: IDNA costs about 4 us a character,
+    and no stored address is longer.
+    """
+    # Imported on first use, like email_validator (which depends on it): start-up does not need it.
+    import idna
+
+    address = email.strip()
+    local, at, domain = address.rpartition("@")
+    try:
+        if not at or len(address) > EMAIL_MAX_CHARS or not (local_key := identifier_key(local)):
+            raise ValueError("not an address")
+        ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii").lower()
+    except (UnicodeError, ValueError):  # idna.IDNAError is both
+        if strict:
+            raise InvalidEmail("The email address is not valid.") from None
+        return identifier_key(email)
+    return f"{local_key}@{ascii_domain}"
+
+
+def username_skeleton(username: str) -> str:
+    """The confusable skeleton (Unicode UTS #39, section 4) of the username's key: two usernames whose
+    skeletons are equal look alike (``admin`` and ``\u0430dmin`` with a Cyrillic a; ``m`` and ``rn``).
+
+    Taken of ``identifier_key``, so case never makes two names confusable that the key already makes equal
+    or different. ICU's SpoofChecker computes it with the confusables data of the ICU it bundles; stored
+    skeletons are recomputed when that data changes (``skeleton_data_version``).
+    """
+    return str(_spoof_checker().getSkeleton(0, identifier_key(username)))
+
+
+def skeleton_data_version() -> str:
+    """Which confusables data ``username_skeleton`` uses: skeletons made with another are recomputed."""
+    import icu
+
+    return f"ICU {icu.ICU_VERSION}, Unicode {icu.UNICODE_VERSION}"
+
+
+@functools.cache
+def _spoof_checker() -> Any:
+    # Built on first use: importing ICU maps its data (about 11 MiB resident), which only signups need.
+    import icu
+
+    return icu.SpoofChecker()
 
 
 def password_bytes(password: str) -> bytes:

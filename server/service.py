@@ -32,7 +32,7 @@ from server.domain import (
     UserStore,
 )
 from server.hashing import PasswordHasher
-from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, identifier_key
+from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_key, identifier_key
 
 log = structlog.get_logger("mixauth.auth")
 
@@ -176,7 +176,7 @@ class AuthService:
             identified_by, name_key = "username", identifier_key(username)
             user = await self._store.get_by_username(name_key)
         elif email is not None and email.strip():
-            identified_by, name_key = "email", identifier_key(email)
+            identified_by, name_key = "email", email_key(email, strict=False)
             user = await self._store.get_by_email(name_key)
         else:
             raise MissingField("A username or an email is required.")
@@ -227,7 +227,7 @@ class AuthService:
         buckets: list[tuple[Rule, str]] = []
         email = validation.identifier_or_none(body, "email")  # None when too long: clean_email refuses it
         if isinstance(email, str) and email.strip():
-            buckets.append((self._policy.signup_email_rule, identifier_key(email)))
+            buckets.append((self._policy.signup_email_rule, email_key(email, strict=False)))
         buckets.append((self._policy.signup_ip_rule, client_key(client_ip)))
         decision = await self._limiter.hit(buckets)
         if decision.allowed:

@@ -25,10 +25,10 @@ from server.domain import (
     PasswordTooLong,
     PasswordTooShort,
 )
-from server.security import BCRYPT_MAX_BYTES, identifier_key, password_bytes
+from server.security import BCRYPT_MAX_BYTES, email_key, identifier_key, password_bytes
+from server.security import EMAIL_MAX_CHARS as EMAIL_MAX_CHARS  # part of the field rules, kept with the key
 
 USERNAME_MAX_CHARS = 128
-EMAIL_MAX_CHARS = 254
 # How many times its field's maximum a raw identifier or password may be long, and an identifier's normalised
 # key too. Generous: a valid value needs slack only for the white space trimmed around it and, a password,
 # for combining marks that NFKC composes (at most four characters into one of three bytes). Beyond it a value
@@ -178,6 +178,7 @@ def clean_email(value: str) -> str:
         raise InvalidEmail("The email address is not valid.") from None
     except UnicodeError:
         raise InvalidEmail("The email address is not valid.") from None
+    email_key(email)  # the address's unique key needs its domain in IDNA form: InvalidEmail when there is none
     return email
 
 

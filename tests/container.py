@@ -22,6 +22,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ Completed = subprocess.CompletedProcess[str]
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BASE = "localhost/mixauth-base:bookworm"
 DEFAULT_TAG = "localhost/mixauth:test"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 # What works on machines without systemd and with cgroups in hybrid mode: runc, cgroupfs, no default ulimits.
 CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = "cgroupfs"\nruntime = "runc"\n'
 # The imported base image has no environment of its own: give it Debian's PATH.
@@ -105,6 +106,43 @@ def ensure_packages() -> None:
     if run_tool(install, env=env, check=False).returncode != 0:
         run_tool(["apt-get", "update", "-qq"], env=env)
         run_tool(install, env=env)
+
+
+def apt_mirror(suite: str = "bookworm", sources: Sequence[Path] = APT_SOURCES) -> str | None:
+    """The Debian archive this machine's apt uses for ``suite`` (main), read from apt's own sources: the
+    one-line ``deb URI SUITE COMPONENTS`` form and the deb822 ``.sources`` form. None when apt names none."""
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files += sorted(path for path in source.iterdir() if path.suffix in {".list", ".sources"})
+        elif source.is_file():
+            files.append(source)
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            for stanza in text.split("\n\n"):
+                fields: dict[str, list[str]] = {}
+                for line in stanza.splitlines():
+                    name, colon, value = line.partition(":")
+                    if colon and not line.startswith((" ", "#")):
+                        fields[name.strip().lower()] = value.split()
+                if (
+                    "deb" in fields.get("types", [])
+                    and suite in fields.get("suites", [])
+                    and "main" in fields.get("components", [])
+                    and fields.get("enabled", ["yes"]) != ["no"]
+                    and fields.get("uris")
+                ):
+                    return fields["uris"][0]
+        else:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()  # without [options]
+                if len(words) >= 4 and words[0] == "deb" and words[2] == suite and "main" in words[3:]:
+                    return words[1]
+    return None
 
 
 def ensure_base_image(podman: Podman, tag: str, mirror: str, work: Path) -> None:
@@ -414,7 +452,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
     podman = Podman(work / "containers.conf")
     base = args.base_image or DEFAULT_BASE
     if args.base_image is None:
-        ensure_base_image(podman, DEFAULT_BASE, args.mirror, work)
+        mirror = args.mirror or apt_mirror()
+        if mirror is None:
+            raise CheckFailed("no Debian bookworm archive in apt's sources: pass --mirror or --base-image")
+        ensure_base_image(podman, DEFAULT_BASE, mirror, work)
     wheels = work / "wheels"
     wheels.mkdir()
     wheelhouse(podman, base, wheels)
@@ -475,7 +516,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tests.container", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-image", help=f"build on this image instead of {DEFAULT_BASE} (made when missing)")
-    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap")
+    parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: the one apt's sources name)")
     parser.add_argument("--tag", default=DEFAULT_TAG, help=f"the image's tag (default {DEFAULT_TAG})")
     args = parser.parse_args(argv)
     try:

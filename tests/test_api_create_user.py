@@ -10,7 +10,10 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.admin import find_user
+from server.domain import UsernameConfusable
 from server.security import new_user_id
+from server.web.keys import SERVICE, STORE
 from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, admin_token, bearer, create_admin, sign_up
 
 
@@ -225,3 +228,100 @@ class TestCreateScope:
             headers=bearer(forged_scope),
         )
         assert response.status == 403
+
+
+# Look-alike identities: email domains keyed by their IDNA form, usernames by their confusable skeleton.
+
+IDN_U_LABEL = "idn@b\u00fccher.example"
+IDN_A_LABEL = "idn@xn--bcher-kva.example"
+CYRILLIC_ADMIN = "\u0430dmin"  # Cyrillic small a, then "dmin"
+
+
+@pytest.mark.parametrize(("first", "second"), [(IDN_U_LABEL, IDN_A_LABEL), (IDN_A_LABEL, "IDN@B\u00dcCHER.Example")])
+async def test_one_idn_mailbox_is_one_account(client: TestClient[Any, Any], first: str, second: str) -> None:
+    await sign_up(client, username="first", email=first)
+    response = await client.post("/user", json={"username": "second", "email": second, "password": PASSWORD})
+    assert response.status == 409
+    assert (await response.json())["code"] == "email_taken"
+
+
+async def test_one_idn_mailbox_is_one_signup_bucket(make_client: ClientFactory) -> None:
+    client = await make_client(user_signup_rate_limit_email=1)
+    await sign_up(client, username="first", email=IDN_U_LABEL)
+    response = await client.post("/user", json={"username": "second", "email": IDN_A_LABEL, "password": PASSWORD})
+    assert response.status == 429
+    assert (await response.json())["code"] == "signup_email_rate_limited"
+
+
+async def test_sharp_s_and_ss_domains_are_two_accounts(client: TestClient[Any, Any]) -> None:
+    """IDNA 2008 keeps ß: straße.example (xn--strae-oqa) and strasse.example are different domains."""
+    await sign_up(client, username="sharp", email="ss@stra\u00dfe.example")
+    await sign_up(client, username="double", email="ss@strasse.example")
+
+
+@pytest.mark.parametrize(
+    "spelling", [IDN_U_LABEL, IDN_A_LABEL, " IDN@XN--BCHER-KVA.EXAMPLE ", "idn@B\u00fcCHER.example"]
+)
+async def test_sign_in_by_either_spelling_of_an_idn_email(client: TestClient[Any, Any], spelling: str) -> None:
+    await sign_up(client, username="idn", email=IDN_U_LABEL)
+    response = await client.post("/user/auth", json={"email": spelling, "password": PASSWORD})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["user"]["email"] == IDN_U_LABEL
+
+
+async def test_sign_in_with_a_domain_idna_refuses_is_an_ordinary_failure(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/user/auth", json={"email": "a@bad_domain..example", "password": PASSWORD})
+    assert response.status == 403
+    assert (await response.json())["code"] == "invalid_credentials"
+
+
+@pytest.mark.parametrize(
+    ("taken", "attempt"),
+    [
+        ("admin", CYRILLIC_ADMIN),
+        (CYRILLIC_ADMIN, "admin"),
+        ("admin", "\u0410DMIN"),  # Cyrillic capital A: compared after case folding
+        ("paypal", "p\u0430yp\u0430l"),
+        ("m", "rn"),  # UTS #39 maps m to rn: ordinary names that look alike are refused too
+        ("alice1", "alicel"),
+    ],
+)
+async def test_confusable_username_gives_409(client: TestClient[Any, Any], taken: str, attempt: str) -> None:
+    await sign_up(client, username=taken, email="taken@example.com")
+    response = await client.post(
+        "/user", json={"username": attempt, "email": "other@example.com", "password": PASSWORD}
+    )
+    assert response.status == 409
+    error = await response.json()
+    assert error["code"] == "username_confusable"
+    assert error["statusCode"] == 409
+    assert "similar" in error["error"]
+
+
+async def test_the_same_username_in_another_case_is_taken_not_confusable(client: TestClient[Any, Any]) -> None:
+    await sign_up(client, username="admin", email="taken@example.com")
+    response = await client.post(
+        "/user", json={"username": "ADMIN", "email": "other@example.com", "password": PASSWORD}
+    )
+    assert response.status == 409
+    assert (await response.json())["code"] == "username_taken"
+
+
+async def test_names_that_do_not_look_alike_are_accepted(client: TestClient[Any, Any]) -> None:
+    for number, name in enumerate(["admin", "admins", "adm1n", "\u0430\u0434\u043c\u0438\u043d", "zo\u00eb", "zoe"]):
+        await sign_up(client, username=name, email=f"user{number}@example.com")
+
+
+async def test_the_command_line_path_refuses_a_confusable_username(client: TestClient[Any, Any]) -> None:
+    """create-user goes through register_user, as the service's create_user does."""
+    await sign_up(client, username="admin", email="taken@example.com")
+    body = {"username": CYRILLIC_ADMIN, "email": "other@example.com", "password": PASSWORD}
+    with pytest.raises(UsernameConfusable):
+        await client.app[SERVICE].create_user(body, ("admin",), via="cli")
+
+
+async def test_the_command_line_finds_a_user_by_either_spelling_of_an_idn_email(client: TestClient[Any, Any]) -> None:
+    await sign_up(client, username="idn", email=IDN_U_LABEL)
+    store = client.app[STORE]
+    assert (await find_user(store, IDN_A_LABEL)).username == "idn"
+    assert (await find_user(store, "IDN@B\u00dcCHER.EXAMPLE")).username == "idn"

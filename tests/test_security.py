@@ -14,17 +14,20 @@ import bcrypt
 import jwt
 import pytest
 
-from server.domain import InvalidToken
+from server.domain import InvalidEmail, InvalidToken
 from server.security import (
     BCRYPT_MAX_BYTES,
     TokenClaims,
     TokenCodec,
     check_password,
     dummy_hash,
+    email_key,
     hash_password,
     identifier_key,
     new_user_id,
     password_bytes,
+    skeleton_data_version,
+    username_skeleton,
 )
 
 SECRET = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"  # 64 bytes: enough for HS512 too
@@ -120,6 +123,63 @@ def test_identifier_key(raw: str, key: str) -> None:
 
 def test_identifier_key_makes_lookalikes_equal() -> None:
     assert identifier_key("\u212bngstr\u00f6m") == identifier_key("\u00c5NGSTRO\u0308M ")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("Alice@Example.COM", "alice@example.com"),
+        (" idn@B\u00fccher.example ", "idn@xn--bcher-kva.example"),
+        ("IDN@XN--BCHER-KVA.EXAMPLE", "idn@xn--bcher-kva.example"),
+        ("ss@stra\u00dfe.example", "ss@xn--strae-oqa.example"),  # IDNA 2008: ß is kept, not folded to ss
+        ("ss@strasse.example", "ss@strasse.example"),
+        ("Stra\u00dfe@example.com", "strasse@example.com"),  # the local part is folded as usernames are
+        ("a@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com", "a@example.com"),  # full-width: UTS #46 mapping
+        ("a@b\u3002example", "a@b.example"),  # an ideographic full stop separates labels
+        ('"a@b"@example.com', '"a@b"@example.com'),  # the domain follows the last "@"
+        ("\u0430dmin@example.com", "\u0430dmin@example.com"),  # local parts are not skeletons: see docs
+    ],
+)
+def test_email_key(raw: str, key: str) -> None:
+    assert email_key(raw) == key
+    assert email_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "raw", ["no-at-sign", "@example.com", "a@", "a@bad_domain.example", "a@xn--zz.example", "a@-a.example", "a@a..b"]
+)
+def test_email_key_refuses_what_idna_refuses_unless_lenient(raw: str) -> None:
+    with pytest.raises(InvalidEmail):
+        email_key(raw)
+    assert email_key(raw, strict=False) == identifier_key(raw)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("admin", "\u0430dmin"),  # Cyrillic small a
+        ("admin", "\u0410DMIN"),  # Cyrillic capital A: the skeleton is taken of the case-folded key
+        ("paypal", "p\u0430yp\u0430l"),
+        ("m", "rn"),
+        ("alice1", "alicel"),
+        ("scope", "\u0455\u0441\u043e\u0440\u0435"),  # all Cyrillic
+        ("x", "\u00d7"),  # multiplication sign
+    ],
+)
+def test_look_alike_usernames_share_a_skeleton(left: str, right: str) -> None:
+    assert username_skeleton(left) == username_skeleton(right)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [("admin", "admins"), ("admin", "adm1n"), ("zoe", "zo\u00eb"), ("admin", "\u0430\u0434\u043c\u0438\u043d")],
+)
+def test_usernames_that_do_not_look_alike_have_different_skeletons(left: str, right: str) -> None:
+    assert username_skeleton(left) != username_skeleton(right)
+
+
+def test_skeleton_data_version_names_the_unicode_version() -> None:
+    assert "Unicode " in skeleton_data_version()
 
 
 # Password hashing

@@ -4,14 +4,16 @@ Every authenticated request loads its user by id; with SQLite that is a hop to t
 back (0.2 to 0.3 ms), so users found by id are remembered, at most ``max_users`` of them, the least
 recently loaded forgotten first. The cache never outlives a change:
 
-- a write made through this store (new password, new scopes, deletion) forgets the user at once, so the
-  very next request sees it, and a read that raced with the write is not remembered;
+- a write made through this store (any change, a revocation, a deletion) forgets the user at once, so the
+  very next request sees it (a revoked token is refused on the next request), and a read that raced with
+  the write is not remembered;
 - a write made by another process (the admin command line, another server on the same database) is
   noticed through ``changes``, a cheap marker that differs whenever the database may have changed
   (SQLite's ``PRAGMA data_version``). It is read at most once per ``recheck`` seconds, before a request
   that uses the cache, and a new value forgets everything: such a change is seen within ``recheck``.
 
-Lookups by username or email (sign-in, which costs a bcrypt check anyway) go straight to the store.
+Lookups by username or email (sign-in, which costs a bcrypt check anyway), listings, counts, reset codes
+and delete tickets go straight to the store.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from server.domain import NewUser, User, UserStore
+from server.domain import DeleteTicket, NewUser, User, UserChanges, UserQuery, UserStore
 
 ChangeMarker = Callable[[], Awaitable[object]]
 
@@ -87,11 +89,41 @@ class CachedUserStore:
         finally:
             self._forget(user_id)
 
-    async def delete(self, user_id: str) -> bool:
+    async def delete(self, user_id: str, *, keep_an_admin: bool = False) -> bool:
         try:
-            return await self._store.delete(user_id)
+            return await self._store.delete(user_id, keep_an_admin=keep_an_admin)
         finally:
             self._forget(user_id)
+
+    async def find(self, query: UserQuery) -> list[User]:
+        return await self._store.find(query)
+
+    async def count(self, query: UserQuery) -> int:
+        return await self._store.count(query)
+
+    async def update(self, user_id: str, changes: UserChanges, *, keep_an_admin: bool = False) -> User | None:
+        try:
+            return await self._store.update(user_id, changes, keep_an_admin=keep_an_admin)
+        finally:
+            self._forget(user_id)
+
+    async def revoke_tokens(self, user_id: str) -> int | None:
+        try:
+            return await self._store.revoke_tokens(user_id)
+        finally:
+            self._forget(user_id)
+
+    async def put_reset_code(self, user_id: str, code_hash: str, expires_at: int) -> bool:
+        return await self._store.put_reset_code(user_id, code_hash, expires_at)
+
+    async def consume_reset_code(self, code_hash: str, now: int) -> str | None:
+        return await self._store.consume_reset_code(code_hash, now)
+
+    async def save_delete_ticket(self, ticket: DeleteTicket) -> None:
+        await self._store.save_delete_ticket(ticket)
+
+    async def get_delete_ticket(self, ticket_id: str) -> DeleteTicket | None:
+        return await self._store.get_delete_ticket(ticket_id)
 
     def _forget(self, user_id: str) -> None:
         self._generation += 1
