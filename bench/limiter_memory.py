@@ -1,12 +1,19 @@
 """``python -m bench.limiter_memory``: memory per live bucket of ``server.limits.memory.MemoryRateLimiter``.
 
-For each key kind (IPv4 addresses and email addresses, the keys signup limiting uses) and each size N, a new
-limiter gets one hit for each of N distinct keys under tracemalloc, and the traced growth divided by N is
-the cost of one live bucket: its entry, its key tuple, its state and the key string itself (which the
-limiter alone keeps alive in the server). Only the limiter's public API is used (``hit_now``, ``len()``);
-when the constructor takes ``max_buckets``, it is set above N so the cap never evicts.
+For each key kind and each size N (by default the limiter's default cap), a new limiter gets one hit for
+each of N distinct keys under tracemalloc, and the traced growth divided by N is the cost of one live
+bucket: everything the limiter keeps for it, which includes the key string itself if the limiter keeps
+that (the limiter alone keeps it alive in the server). Only the limiter's public API is used (``hit_now``,
+``len()``); when the constructor takes ``max_buckets``, it is set above N so the cap never evicts.
 
-Writes ``<out>/<date>-limiter-memory.json`` and ``.md`` and prints the Markdown table.
+Key kinds: the ordinary keys signup limiting uses (IPv4 addresses, email addresses), and a hostile one
+(``email-nfkc``): the longest email key a client can make the server hand the limiter, an email of the
+largest raw length the server normalises (``RAW_SLACK`` times 254 characters) made of U+FDFA, which NFKC
+turns into 18 characters each: about 18,000 characters, 36 KB. The limiter must cost the same for it.
+
+Writes ``<out>/<date>-limiter-memory.json`` and ``.md`` and prints the Markdown table. The default run
+(three kinds at the default cap, three runs each) takes a minute and a half of CPU, about four minutes on
+a busy two-core machine; ``--quick`` takes seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from typing import Any
 from bench import machine
 from server.domain import Rule
 from server.limits.memory import MemoryRateLimiter
+from server.security import identifier_key
+from server.validation import EMAIL_MAX_CHARS, RAW_SLACK
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RULE = Rule("bench", 10, 3600.0)
@@ -43,7 +52,18 @@ def email_key(index: int) -> str:
     return f"user.{index:07d}@example.com"
 
 
-KEY_KINDS: dict[str, Callable[[int], str]] = {"ipv4": ipv4_key, "email": email_key}
+# The raw email is U+FDFA up to the longest raw length the server normalises, then a distinct tail.
+_HOSTILE_TAIL = "{index:08d}@example.com"
+_HOSTILE_PREFIX = identifier_key("\ufdfa" * (RAW_SLACK * EMAIL_MAX_CHARS - len(_HOSTILE_TAIL.format(index=0))))
+
+
+def hostile_email_key(index: int) -> str:
+    """``identifier_key`` of a maximal NFKC-expanding email (normalised once: the tail is ASCII already)."""
+    return _HOSTILE_PREFIX + _HOSTILE_TAIL.format(index=index)
+
+
+KEY_KINDS: dict[str, Callable[[int], str]] = {"ipv4": ipv4_key, "email": email_key, "email-nfkc": hostile_email_key}
+HOSTILE_KINDS = ("email-nfkc",)
 
 
 def new_limiter(size: int) -> MemoryRateLimiter:
@@ -93,7 +113,8 @@ def run(sizes: Sequence[int], runs: int) -> dict[str, Any]:
         "machine": machine.describe(),
         "rule": {"name": RULE.name, "capacity": RULE.capacity, "window": RULE.window},
         "default_max_buckets": default_cap(),
-        "key_examples": {kind: make_key(12345) for kind, make_key in KEY_KINDS.items()},
+        "key_examples": {kind: _example(make_key(12345)) for kind, make_key in KEY_KINDS.items()},
+        "hostile_kinds": list(HOSTILE_KINDS),
         "mean_key_chars": {
             kind: statistics.fmean(len(make_key(index)) for index in range(0, 1_000_000, 997))
             for kind, make_key in KEY_KINDS.items()
@@ -112,13 +133,18 @@ def run(sizes: Sequence[int], runs: int) -> dict[str, Any]:
     return results
 
 
+def _example(key: str) -> str:
+    return key if len(key) <= 40 else f"{key[:3]}... ({len(key):,} characters)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     cap = results["default_max_buckets"]
     lines = [
         f"## Rate-limiter memory, {results['date']}",
         "",
         f"`MemoryRateLimiter`, one hit per distinct key, measured with tracemalloc (median of the runs); "
-        f"Python {results['machine']['python']}. Bytes include the key string.",
+        f"Python {results['machine']['python']}. Bytes include whatever the limiter keeps of the key; "
+        f"{', '.join(results.get('hostile_kinds', []))} is hostile: the longest key a client can make.",
         "",
         "| key kind (example) | live buckets | bytes per bucket | peak bytes per bucket | MiB in total |"
         + (f" MiB at the default cap ({cap:,}) |" if cap else ""),
@@ -140,13 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.limiter_memory",
         description="Bytes per live bucket of the in-memory rate limiter, measured with tracemalloc.",
     )
-    parser.add_argument("--sizes", default="100000,1000000", help="live bucket counts (default 100000,1000000)")
+    cap = default_cap() or 200_000
+    parser.add_argument("--sizes", default=str(cap), help=f"live bucket counts (default the default cap, {cap})")
     parser.add_argument("--runs", type=int, default=3, help="runs per point, median reported (default 3)")
-    parser.add_argument("--quick", action="store_true", help="sizes 10000,100000 and one run")
+    parser.add_argument("--quick", action="store_true", help="size 10000 and one run")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"output directory (default {RESULTS_DIR})")
     args = parser.parse_args(argv)
     try:
-        sizes = [int(part) for part in ("10000,100000" if args.quick else args.sizes).split(",") if part.strip()]
+        sizes = [int(part) for part in ("10000" if args.quick else args.sizes).split(",") if part.strip()]
     except ValueError:
         parser.error(f"--sizes: expected numbers separated by commas, got {args.sizes!r}")
     if not sizes or min(sizes) < 1 or args.runs < 1:

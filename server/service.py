@@ -171,8 +171,9 @@ class AuthService:
         (the account's bucket is refilled) or never reached bcrypt (Overloaded).
         """
         password_text = validation.required_string(body, "password")
-        username = validation.optional_string(body, "username")
-        email = validation.optional_string(body, "email")
+        # Refused before NFKC runs when too long to be anyone's (``validation.RAW_SLACK``), and again after.
+        username = validation.optional_identifier(body, "username")
+        email = validation.optional_identifier(body, "email")
         if username is not None and username.strip():
             identified_by, name_key = "username", identifier_key(username)
             user = await self._store.get_by_username(name_key)
@@ -181,6 +182,7 @@ class AuthService:
             user = await self._store.get_by_email(name_key)
         else:
             raise MissingField("A username or an email is required.")
+        validation.check_identifier_key(identified_by, name_key)
         password = validation.sign_in_password(password_text)
         user_id = user.id if user is not None else None
         account = (self._policy.signin_account_rule, f"id:{user.id}" if user is not None else f"name:{name_key}")
@@ -225,7 +227,7 @@ class AuthService:
 
     async def _charge_signup(self, body: Mapping[str, Any], client_ip: str) -> None:
         buckets: list[tuple[Rule, str]] = []
-        email = body.get("email")
+        email = validation.identifier_or_none(body, "email")  # None when too long: clean_email refuses it
         if isinstance(email, str) and email.strip():
             buckets.append((self._policy.signup_email_rule, email_key(email, strict=False)))
         buckets.append((self._policy.signup_ip_rule, client_key(client_ip)))
@@ -277,7 +279,7 @@ async def register_user(
         password = validation.clean_new_password(
             validation.required_string(body, "password"), policy.password_min_length
         )
-        metadata = validation.optional_object(body, "metadata")
+        metadata = validation.optional_metadata(body)
         password_hash = await hasher.hash(password)
         user = await store.add(
             build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)

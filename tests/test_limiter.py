@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 import pytest
 
 from server.domain import ALLOWED, Decision, Rule
-from server.limits.memory import MemoryRateLimiter
+from server.limits.memory import MemoryRateLimiter, bucket_digest
+from server.security import identifier_key
 from tests.conftest import FakeClock
 
 HOURLY = Rule("hourly", capacity=10, window=3600.0)  # one token back every 360 s
@@ -163,6 +167,43 @@ def test_distinct_rules_on_the_same_key_have_distinct_buckets(clock: FakeClock) 
     assert not limiter.hit_now([(SMALL, "k")]).allowed
     drain(limiter, same_shape, "k")
     assert not limiter.hit_now([(same_shape, "k")]).allowed
+
+
+# What a 16 KiB signup body made of an email before identifiers were bounded: U+FDFA is one character that
+# NFKC turns into 18, so about 97,000 characters (190 KB) of key.
+HOSTILE_KEY = identifier_key("\ufdfa" * 5400 + "@example.com")
+
+
+def test_a_bucket_costs_the_same_whatever_its_key(clock: FakeClock) -> None:
+    assert len(HOSTILE_KEY) > 90_000
+    limiter = MemoryRateLimiter(clock)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(100):
+            assert limiter.hit_now([(HOURLY, f"{HOSTILE_KEY}{index}")]).allowed
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(limiter) == 100
+    # About 300 bytes a bucket, as for any key; keeping the keys themselves would have taken 19 MB.
+    assert grown < 100 * 1024
+
+
+def test_keys_that_differ_only_at_their_end_have_distinct_buckets(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    drain(limiter, SMALL, HOSTILE_KEY + "a")
+    assert not limiter.hit_now([(SMALL, HOSTILE_KEY + "a")]).allowed
+    assert limiter.hit_now([(SMALL, HOSTILE_KEY + "b")]).allowed
+
+
+def test_bucket_digest_is_fixed_size_and_takes_any_key() -> None:
+    keys = ["", "k", HOSTILE_KEY, "\ud800 lone surrogate"]
+    digests = {bucket_digest(key) for key in keys}
+    assert len(digests) == len(keys)
+    assert {len(digest) for digest in digests} == {16}
+    assert bucket_digest("k") == bucket_digest("k")
 
 
 def test_new_limiter_holds_no_buckets(clock: FakeClock) -> None:

@@ -11,8 +11,13 @@ import orjson
 from aiohttp import web
 
 from server.domain import BodyNotAnObject, MalformedBody, UnsupportedMediaType
+from server.validation import nested_deeper_than
 
 MAX_BODY_BYTES = 16 * 1024
+# No body the API takes nests beyond a few levels (metadata: 16 inside the body); deeper ones are refused at
+# parse time, so no handler, encoder or store ever recurses through one.
+MAX_JSON_DEPTH = 32
+_TOO_DEEP = f"The request body must be nested at most {MAX_JSON_DEPTH} levels deep."
 # On every answer: they are all JSON, and no browser may sniff one into something it would render or run.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
@@ -58,9 +63,13 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
             parse_constant=_reject_constant,
             parse_float=_finite_float,
         )
+        if nested_deeper_than(body, MAX_JSON_DEPTH):
+            raise MalformedBody(_TOO_DEEP)
         _check_text(body)
-    except (UnicodeError, ValueError, RecursionError):
+    except (UnicodeError, ValueError):
         raise MalformedBody() from None
+    except RecursionError:  # the parser's own limit, about 1000 levels
+        raise MalformedBody(_TOO_DEEP) from None
     if not isinstance(body, dict):
         raise BodyNotAnObject()
     return body
