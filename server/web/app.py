@@ -35,9 +35,9 @@ from server.web.keys import (
     SERVICE,
     STORE,
     TRUSTED_PROXIES,
-    Requirement,
 )
 from server.web.middleware import bearer_auth, error_mapping, request_context
+from server.web.routes import add_routes, api_routes
 
 Clock = Callable[[], float]
 
@@ -82,10 +82,7 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     metrics = Metrics() if settings.metrics_enabled else None
     app = web.Application(middlewares=[request_context, error_mapping, bearer_auth], client_max_size=MAX_BODY_BYTES)
     app[TRUSTED_PROXIES] = settings.trusted_proxies
-    app[ACCESS_RULES] = {
-        "get_user": Requirement(authenticated=True),
-        "create_user": Requirement(scopes=frozenset(settings.api_user_create_scope)),
-    }
+    app[ACCESS_RULES] = {}
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         secret = (
@@ -119,19 +116,11 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         app[METRICS] = metrics
         if settings.metrics_token is not None:
             app[METRICS_TOKEN] = settings.metrics_token.encode("utf-8", "surrogatepass")
-        if settings.metrics_port is None:
-            app.router.add_get("/metrics", handlers.get_metrics, name="metrics", allow_head=False)
-            app[ACCESS_RULES]["metrics"] = Requirement(own_bearer=True)
-        else:
+        if settings.metrics_port is not None:
             # First, so that a busy metrics port fails start-up before anything else is opened.
             app.cleanup_ctx.append(_metrics_listener(app, settings.metrics_host, settings.metrics_port))
     app.cleanup_ctx.append(services)
-    app.router.add_get("/health/live", handlers.health_live, name="health_live", allow_head=False)
-    app.router.add_get("/health/ready", handlers.health_ready, name="health_ready", allow_head=False)
-    app.router.add_post("/user/auth", handlers.sign_in, name="sign_in")
-    app.router.add_post("/user", handlers.create_user, name="create_user")
-    app.router.add_get("/user", handlers.get_user, name="get_user", allow_head=False)
-    app.router.add_get("/openapi.json", handlers.get_openapi, name="openapi", allow_head=False)
+    add_routes(app, api_routes(settings))
     return app
 
 

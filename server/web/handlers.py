@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
 
 import structlog
 from aiohttp import web
 
-from server.domain import AuthenticationRequired, InvalidToken, NotReady, User
+from server.domain import AuthenticationRequired, InvalidToken, NotReady
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.views import user_details, user_summary
 from server.web.bodies import SECURITY_HEADERS, json_response, read_json_object
 from server.web.keys import CLIENT_IP, METRICS, METRICS_TOKEN, PRINCIPAL, READINESS, SERVICE
 from server.web.openapi import OPENAPI_DOCUMENT
@@ -21,33 +21,6 @@ metrics_log = structlog.get_logger("mixauth.metrics")
 READINESS_TIMEOUT = 2.0
 
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def user_summary(user: User) -> dict[str, Any]:
-    """The user as sign-in returns it."""
-    return {
-        "id": user.id,
-        "username": user.username,
-        "isActive": user.is_active,
-        "email": user.email,
-        "plan": user.plan,
-    }
-
-
-def user_details(user: User) -> dict[str, Any]:
-    """The user as GET /user returns it: the summary with scopes, and metadata when set."""
-    details: dict[str, Any]
-    details = {
-        "id": user.id,
-        "username": user.username,
-        "isActive": user.is_active,
-        "email": user.email,
-        "scope": list(user.scope),
-        "plan": user.plan,
-    }
-    if user.metadata is not None:
-        details["metadata"] = user.metadata
-    return details
 
 
 async def sign_in(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.domain import InvalidForwardedFor, MixauthError
+from server.domain import InsufficientScope, InvalidForwardedFor, MixauthError
 from server.logs import bind_request
 from server.web.bodies import MAX_BODY_BYTES, SECURITY_HEADERS, error_response
 from server.web.client_ip import resolve_client_ip
@@ -87,7 +87,13 @@ async def error_mapping(request: web.Request, handler: Handler) -> web.StreamRes
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     route_name = request.match_info.route.name
-    requirement = request.app[ACCESS_RULES].get(route_name or "", OPEN)
+    requirement = request.app[ACCESS_RULES].get(route_name or "")
+    if requirement is None:
+        if request.match_info.http_exception is None:
+            # A route matched but has no access rule: closed, not open (see server.web.routes).
+            log.error("authz.denied", reason="no_rule", route=route_name, path=request.path)
+            raise InsufficientScope()
+        requirement = OPEN  # no route matched: the 404 or 405 is for anyone
     if requirement.own_bearer:
         return await handler(request)
     service = request.app[SERVICE]

@@ -1,0 +1,68 @@
+"""The route table: every path the API serves, its handler, and who may call it, read top to bottom.
+
+Each row names its access rule beside the route, and ``add_routes`` registers both together, so a route
+cannot be added without one. The ``bearer_auth`` middleware refuses a matched route that has no rule all the
+same (closed when in doubt), so a route registered some other way is never open by mistake.
+
+- ``OPEN``: anyone (an ``Authorization`` header that is present must still be valid).
+- ``AUTHENTICATED``: a valid bearer token of an existing user.
+- ``ADMIN``: a valid token whose user holds the ``admin`` scope now.
+- ``Requirement(scopes=...)``: a valid token whose user holds one of those scopes (none: open).
+- ``Requirement(own_bearer=True)``: the route checks a bearer token of its own (the metrics token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from server.config import Settings
+from server.service import ADMIN_SCOPE
+from server.web import handlers
+from server.web.keys import ACCESS_RULES, OPEN, Requirement
+
+AUTHENTICATED = Requirement(authenticated=True)
+ADMIN = Requirement(authenticated=True, scopes=frozenset({ADMIN_SCOPE}))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    name: str
+    access: Requirement
+
+
+def api_routes(settings: Settings) -> list[Route]:
+    """The API's routes for ``settings`` (which decide who may create users and where metrics are served)."""
+    routes = [
+        Route("GET", "/health/live", handlers.health_live, "health_live", OPEN),
+        Route("GET", "/health/ready", handlers.health_ready, "health_ready", OPEN),
+        Route("GET", "/openapi.json", handlers.get_openapi, "openapi", OPEN),
+        Route("POST", "/user/auth", handlers.sign_in, "sign_in", OPEN),
+        Route(
+            "POST",
+            "/user",
+            handlers.create_user,
+            "create_user",
+            Requirement(scopes=frozenset(settings.api_user_create_scope)),
+        ),
+        Route("GET", "/user", handlers.get_user, "get_user", AUTHENTICATED),
+    ]
+    if settings.metrics_enabled and settings.metrics_port is None:
+        routes.append(Route("GET", "/metrics", handlers.get_metrics, "metrics", Requirement(own_bearer=True)))
+    return routes
+
+
+def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    """Register each route with its access rule (``app[ACCESS_RULES]``)."""
+    rules = app[ACCESS_RULES]
+    for route in routes:
+        if route.name in rules:
+            raise ValueError(f"two routes are named {route.name!r}")
+        app.router.add_route(route.method, route.path, route.handler, name=route.name)
+        rules[route.name] = route.access
