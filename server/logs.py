@@ -23,6 +23,7 @@ line rather than raising into the request that logged it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import orjson
 import structlog
@@ -50,75 +51,92 @@ MALFORMED_REQUEST_EVENT = "http.request_malformed"
 SECRET_KEY_STEMS: tuple[str, ...] = ("passw", "pwd", "secret", "token", "apikey", "api_key", "api-key")
 SECRET_KEY_STEMS += ("credential", "hash", "authoriz", "cookie")
 _SECRET_NAME_PATTERN = "|".join(re.escape(stem) for stem in SECRET_KEY_STEMS)
-# Every text pattern below needs one of these substrings, so a text without any of them is already clean and
-# skips the scan: the access line, the most frequent one, does. Plain substring tests on the lower-cased text
-# cost a tenth of one regular expression alternation over the same needles. Every pattern and every key stem
-# holds one of them (test_logs.py checks the stems).
-_HINTS_AS_IS = ("eyJ", "$2")
-_HINTS_LOWER = ("passw", "pwd", "secret", "token", "api", "credential", "hash", "authoriz", "cookie", "bearer", "code")
+_FIELD_HINTS = ("passw", "pwd", "secret", "token", "api", "credential", "hash", "authoriz", "cookie", "code")
+
+
+class _TextRule(NamedTuple):
+    hints: tuple[str, ...]  # lower-case substrings a match cannot do without
+    separated: bool  # whether a match needs a ":" or "=" (a name, then its value)
+    pattern: re.Pattern[str]
+    replacement: str | Callable[[re.Match[str]], str]
+
+
+# Each text pattern with the lower-case substrings it cannot match without: a text holding none of them skips
+# the pattern, and a text holding none of any pattern's skips the scan (the access line, the most frequent
+# one, does). Plain substring tests on lower-cased text cost a tenth of one regular expression alternation.
 # Raw request bytes reach messages as Python reprs (b'...' with \x7f, \r\n escapes) or as escaped JSON, so
 # the patterns accept optional backslashes before quotes and stop a value at a backslash escape.
-_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
+_TEXT_RULES = (
     # A JWT: header, payload and signature, or whatever prefix of them a truncated message kept.
-    (re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    _TextRule(("eyj",), False, re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
     # A bcrypt hash ($2a$, $2b$, $2y$, $2x$, $2$), whole or truncated.
-    (re.compile(r"\$2[abxy]?\$\d{1,2}\$[./A-Za-z0-9]*"), REDACTED),
+    _TextRule(("$2",), False, re.compile(r"\$2[abxy]?\$\d{1,2}\$[./A-Za-z0-9]*"), REDACTED),
     # A credential-bearing header's whole value, up to the end of the line or the quote that closes it.
-    (
+    _TextRule(
+        ("authoriz", "cookie", "api"),
+        True,
         re.compile(
             r"""((?:proxy-)?authorization|(?:set-)?cookie|x-api-key)(\\*["']?\s*[:=]\s*\\*["']?)[^\r\n"'\\]*""",
             re.IGNORECASE,
         ),
         rf"\1\2{REDACTED}",
     ),
-    (
+    _TextRule(
+        ("bearer",),
+        False,
         re.compile(r"""\b(bearer)(\s+)(?!\[redacted\])(?:\\x[0-9a-f]{2}|[^\s"'\\,;])+""", re.IGNORECASE),
         rf"\1\2{REDACTED}",
     ),
     # A field named like a secret in JSON ("password": "..."), a Python repr ('token': '...'), a form or a
-    # query (password=...), or free text (password: ...). A quoted value is redacted up to its closing quote
-    # (or to the end of the text when truncated), an escaped quote inside it included.
-    (
+    # query (password=...), or free text (password: ...). A quoted value is redacted up to its closing quote:
+    # the opening one, with as many backslashes before it (none in JSON, one in JSON inside a JSON string)
+    # and not escaped itself, so an escaped quote inside the value (\", or \\" in a repr of JSON) does not
+    # end it. Cut off before its closing quote, it is redacted to the end of the line. An unquoted value ends
+    # at white space or "&" (the next form field): over-redacting a closing bracket costs nothing.
+    _TextRule(
+        _FIELD_HINTS,
+        True,
         re.compile(
             rf"""((?:(?:{_SECRET_NAME_PATTERN})[\w-]*|(?<![\w-])code)\\*["']?\s*[:=]\s*)"""
-            r"""(?!\[redacted\])(?:(\\*(["']))(?:\\.|(?!\3)[^\\])*|(?:\\x[0-9a-f]{2}|[^\s&,;"'\\}\]])+)""",
+            r"""(?!\[redacted\])(?:((\\*)(["']))(?:(?!(?<!\\)\3\4)[^\r\n])*|[^\s&]+)""",
             re.IGNORECASE,
         ),
         lambda match: f"{match[1]}{match[2] or ''}{REDACTED}",
     ),
 )
+_HINTS = tuple(dict.fromkeys(hint for rule in _TEXT_RULES for hint in rule.hints))
 _MAX_DEPTH = 32
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson serialises as a number
 
 
-def might_hold_secrets(text: str) -> bool:
-    """False when no text pattern (and no secret-named field, in a rendered line) can match in ``text``."""
-    for hint in _HINTS_AS_IS:
-        if hint in text:
-            return True
+def hints_in(text: str, hints: tuple[str, ...] = _HINTS) -> tuple[str, ...]:
+    """Which of ``hints`` the lower-cased ``text`` holds: none means no text pattern can match in it, and (for a
+    rendered line) no field is named like a secret."""
     lowered = text.lower()
-    for hint in _HINTS_LOWER:  # noqa: SIM110 (any() over a generator costs a third more on the hot path)
-        if hint in lowered:
-            return True
-    return False
+    return tuple([hint for hint in hints if hint in lowered])
 
 
-def redact_text(text: str) -> str:
-    """``text`` with every JWT, bcrypt hash, credential header and secret-named field value replaced."""
-    if not might_hold_secrets(text):
+def redact_text(text: str, hints: tuple[str, ...] = _HINTS) -> str:
+    """``text`` with every JWT, bcrypt hash, credential header and secret-named field value replaced.
+
+    ``hints``: the only hints worth looking for (those the whole line holds), to scan its strings faster.
+    """
+    found = hints_in(text, hints)
+    if not found:
         return text
-    for pattern, replacement in _TEXT_PATTERNS:
-        text = pattern.sub(replacement, text)
+    separated = ":" in text or "=" in text
+    for rule in _TEXT_RULES:
+        if any(hint in found for hint in rule.hints) and (separated or not rule.separated):
+            text = rule.pattern.sub(rule.replacement, text)
     return text
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(key: str) -> bool:
     """Whether a field of this name holds a secret: ``SENSITIVE_KEYS`` and any name built on their stems."""
+    # Cached: field names are few and come back on every line.
     lowered = key.lower()
-    for stem in SECRET_KEY_STEMS:  # noqa: SIM110 (as in might_hold_secrets)
-        if stem in lowered:
-            return True
-    return False
+    return any(stem in lowered for stem in SECRET_KEY_STEMS)
 
 
 def _safe_str(value: Any) -> str:
@@ -128,19 +146,20 @@ def _safe_str(value: Any) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _clean_text(text: str) -> str:
-    text = redact_text(text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates, from bytes decoded with surrogateescape
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+def _clean_text(text: str, hints: tuple[str, ...], check_encoding: bool) -> str:
+    text = redact_text(text, hints)
+    if check_encoding:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, from bytes decoded with surrogateescape
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 
-def _clean(value: Any, depth: int = 0) -> Any:
+def _clean(value: Any, hints: tuple[str, ...], check_encoding: bool, depth: int = 0) -> Any:
     """``value`` as plain JSON data, every secret-named field and every string redacted."""
     if isinstance(value, str):
-        return _clean_text(value)
+        return _clean_text(value, hints, check_encoding)
     if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
@@ -150,29 +169,34 @@ def _clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         cleaned: dict[str, Any] = {}
         for key, item in value.items():
-            name = _clean_text(key if isinstance(key, str) else _safe_str(key))
-            cleaned[name] = REDACTED if item is not None and is_secret_key(name) else _clean(item, depth + 1)
+            # Names are the code's, not data: made safe to encode, and checked for a secret's name.
+            name = _clean_text(key if isinstance(key, str) else _safe_str(key), (), check_encoding)
+            secret = item is not None and is_secret_key(name)
+            cleaned[name] = REDACTED if secret else _clean(item, hints, check_encoding, depth + 1)
         return cleaned
     if isinstance(value, list | tuple | set | frozenset):
-        return [_clean(item, depth + 1) for item in value]
-    return _clean_text(_safe_str(value))
+        return [_clean(item, hints, check_encoding, depth + 1) for item in value]
+    return _clean_text(_safe_str(value), hints, check_encoding)
 
 
 def render_line(event_dict: EventDict, **_options: Any) -> str:
     """The one redaction step and JSON rendering every line goes through; it never raises.
 
-    A line is rendered once and searched for the hint substrings; only a line that holds one (or that orjson
-    refuses) is walked, redacted and rendered again, so a clean line costs one render and one search.
+    A line is rendered once and searched for the hints; only a line that holds one (or that orjson refuses)
+    is walked, its strings searched for the hints the line holds, redacted and rendered again. A clean line
+    costs one render and one search.
     """
     try:
         line = orjson.dumps(event_dict, default=_safe_str).decode()
     except (TypeError, orjson.JSONEncodeError):  # surrogates, huge integers, non-string keys, deep nesting
-        pass
+        hints, rendered = _HINTS, False
     else:
-        if not might_hold_secrets(line):
+        hints, rendered = hints_in(line), True
+        if not hints:
             return line
     try:
-        return orjson.dumps(_clean(event_dict)).decode()
+        # A line orjson rendered holds no text it cannot encode: no string needs checking for surrogates.
+        return orjson.dumps(_clean(event_dict, hints, check_encoding=not rendered)).decode()
     except Exception as exc:
         return unrenderable_line(event_dict.get("logger"), event_dict.get("level"), exc)
 

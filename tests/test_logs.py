@@ -23,8 +23,8 @@ from server.logs import (
     SECRET_KEY_STEMS,
     SENSITIVE_KEYS,
     configure_logging,
+    hints_in,
     is_secret_key,
-    might_hold_secrets,
     redact_text,
     render_line,
 )
@@ -137,6 +137,9 @@ BCRYPT_HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
         (f"{{'password': '{PASSWORD}'}}", PASSWORD),
         (f'{{"password": "{PASSWORD}', PASSWORD),  # cut off before the closing quote
         (f'{{"password":"ab\\"{PASSWORD}"}}', PASSWORD),  # an escaped quote inside the value
+        # An escaped quote inside the value, in JSON inside a JSON string and in the repr of JSON bytes.
+        (json.dumps(json.dumps({"a": 1, "password": f'x"{PASSWORD}'})), PASSWORD),
+        (repr(json.dumps({"password": f'x"{PASSWORD}'}).encode()), PASSWORD),
         (f"GET /user?PASSWORD={PASSWORD}&x=1 HTTP/1.1", PASSWORD),
         (f"username=u&password={PASSWORD}\\x7f", PASSWORD),
         (f"password: {PASSWORD}", PASSWORD),
@@ -171,7 +174,7 @@ def test_text_without_secrets_is_kept(text: str) -> None:
 def test_every_sensitive_key_is_a_secret_key_and_passes_the_pre_check() -> None:
     assert all(is_secret_key(key) for key in SENSITIVE_KEYS)
     # A line whose only secret is a field named like one must not skip the scan.
-    assert all(might_hold_secrets(stem) and might_hold_secrets(stem.upper()) for stem in SECRET_KEY_STEMS)
+    assert all(hints_in(stem) and hints_in(stem.upper()) for stem in SECRET_KEY_STEMS)
     assert all(is_secret_key(key) for key in ("newPassword", "apiToken", "X-Api-Key", "client_secret", "Cookie"))
     assert not any(is_secret_key(key) for key in ("user_id", "reason", "event", "route", "status", "request_id"))
 
