@@ -1,21 +1,42 @@
-"""Structured JSON logging: structlog for mixauth's own events, aiohttp's stdlib loggers rendered the same way.
+"""Structured JSON logging: every line, whichever library emits it, redacted and rendered as one JSON object.
 
 Every line is one JSON object on stdout with ``timestamp``, ``level``, ``event`` and whatever the request
-context bound (``request_id``, ``client_ip``, ``user_id``). Tracebacks are rendered as data without local
-variables, and fields whose names suggest a secret are replaced before rendering, so a password, token,
-hash or secret cannot reach the log even by mistake.
+context bound (``request_id``, ``client_ip``, ``user_id``). mixauth's own events take structlog's path;
+the stdlib's records (aiohttp, asyncio, aiosqlite, anything through the root logger) are rendered the same
+way by one handler. Both paths end in the same redaction step, ``render_line``:
+
+- structured: a field whose name suggests a secret (``password``, ``token``, ``api_key``, at any depth)
+  is replaced with ``[redacted]``;
+- text: in every string that reaches the line (the message, a foreign record's formatted arguments, an
+  exception's text inside a rendered traceback), JWTs, bcrypt hashes, ``Authorization``/``Cookie`` values,
+  ``Bearer`` credentials and password/secret/token fields in JSON, form or query syntax are replaced.
+
+aiohttp's protocol errors (``BadHttpMessage`` and its kin) carry the raw request bytes in their message, so
+a record about one becomes one concise ``http.request_malformed`` line (error class and status) and their
+messages never appear in a traceback. Tracebacks are rendered as data without local variables.
+
+Logging never fails and never writes anything but JSON lines: text that JSON cannot carry (lone
+surrogates from bytes decoded with ``surrogateescape``) is escaped, a line that cannot be rendered at all
+becomes a ``log.unrenderable`` line naming the error, and a stream that cannot be written to drops the
+line rather than raising into the request that logged it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import re
 import sys
-from typing import Any, TextIO
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TextIO
 
 import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
-from structlog.typing import EventDict, Processor
+from structlog.typing import EventDict, ExcInfo, Processor
 
 SENSITIVE_KEYS = frozenset(
     {"password", "password_hash", "hash", "token", "access_token", "authorization", "secret", "jwt_secret"}
@@ -24,20 +45,319 @@ REDACTED = "[redacted]"
 # Libraries whose debug output carries data that must not be logged: aiosqlite logs every statement with
 # its parameters (password hashes included). They log at INFO at most, whatever LOG_LEVEL says.
 QUIET_LIBRARIES = ("aiosqlite",)
+MALFORMED_REQUEST_EVENT = "http.request_malformed"
+
+# Parts of a field name that mark its value as a secret, in structured keys and in text alike.
+SECRET_KEY_STEMS: tuple[str, ...] = ("passw", "pwd", "secret", "token", "apikey", "api_key", "api-key")
+SECRET_KEY_STEMS += ("credential", "hash", "authoriz", "cookie")
+_SECRET_NAME_PATTERN = "|".join(re.escape(stem) for stem in SECRET_KEY_STEMS)
+_FIELD_HINTS = ("passw", "pwd", "secret", "token", "api", "credential", "hash", "authoriz", "cookie", "code")
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
-    for key in SENSITIVE_KEYS.intersection(event_dict):
-        event_dict[key] = REDACTED
-    return event_dict
+class _TextRule(NamedTuple):
+    hints: tuple[str, ...]  # lower-case substrings a match cannot do without
+    separated: bool  # whether a match needs a ":" or "=" (a name, then its value)
+    pattern: re.Pattern[str]
+    replacement: str | Callable[[re.Match[str]], str]
 
 
-class _NamedWriteLogger(structlog.WriteLogger):
-    """structlog's plain writer, carrying the name a module asked for (``structlog.get_logger(name)``)."""
+# Each text pattern with the lower-case substrings it cannot match without: a text holding none of them skips
+# the pattern, and a text holding none of any pattern's skips the scan (the access line, the most frequent
+# one, does). Plain substring tests on lower-cased text cost a tenth of one regular expression alternation.
+# Raw request bytes reach messages as Python reprs (b'...' with \x7f, \r\n escapes) or as escaped JSON, so
+# the patterns accept optional backslashes before quotes and stop a value at a backslash escape.
+_TEXT_RULES = (
+    # A JWT: header, payload and signature, or whatever prefix of them a truncated message kept.
+    _TextRule(("eyj",), False, re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    # A bcrypt hash ($2a$, $2b$, $2y$, $2x$, $2$), whole or truncated.
+    _TextRule(("$2",), False, re.compile(r"\$2[abxy]?\$\d{1,2}\$[./A-Za-z0-9]*"), REDACTED),
+    # A credential-bearing header's whole value, up to the end of the line or the quote that closes it.
+    _TextRule(
+        ("authoriz", "cookie", "api"),
+        True,
+        re.compile(
+            r"""((?:proxy-)?authorization|(?:set-)?cookie|x-api-key)(\\*["']?\s*[:=]\s*\\*["']?)[^\r\n"'\\]*""",
+            re.IGNORECASE,
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    _TextRule(
+        ("bearer",),
+        False,
+        re.compile(r"""\b(bearer)(\s+)(?!\[redacted\])(?:\\x[0-9a-f]{2}|[^\s"'\\,;])+""", re.IGNORECASE),
+        rf"\1\2{REDACTED}",
+    ),
+    # A field named like a secret in JSON ("password": "..."), a Python repr ('token': '...'), a form or a
+    # query (password=...), or free text (password: ...). A quoted value is redacted up to its closing quote:
+    # the opening one, with as many backslashes before it (none in JSON, one in JSON inside a JSON string)
+    # and not escaped itself, so an escaped quote inside the value (\", or \\" in a repr of JSON) does not
+    # end it. Cut off before its closing quote, it is redacted to the end of the line. An unquoted value ends
+    # at white space or "&" (the next form field): over-redacting a closing bracket costs nothing.
+    _TextRule(
+        _FIELD_HINTS,
+        True,
+        re.compile(
+            rf"""((?:(?:{_SECRET_NAME_PATTERN})[\w-]*|(?<![\w-])code)\\*["']?\s*[:=]\s*)"""
+            r"""(?!\[redacted\])(?:((\\*)(["']))(?:(?!(?<!\\)\3\4)[^\r\n])*|[^\s&]+)""",
+            re.IGNORECASE,
+        ),
+        lambda match: f"{match[1]}{match[2] or ''}{REDACTED}",
+    ),
+)
+_HINTS = tuple(dict.fromkeys(hint for rule in _TEXT_RULES for hint in rule.hints))
+_MAX_DEPTH = 32
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson serialises as a number
 
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
+
+def hints_in(text: str, hints: tuple[str, ...] = _HINTS) -> tuple[str, ...]:
+    """Which of ``hints`` the lower-cased ``text`` holds: none means no text pattern can match in it, and (for a
+    rendered line) no field is named like a secret."""
+    lowered = text.lower()
+    return tuple([hint for hint in hints if hint in lowered])
+
+
+def redact_text(text: str, hints: tuple[str, ...] = _HINTS) -> str:
+    """``text`` with every JWT, bcrypt hash, credential header and secret-named field value replaced.
+
+    ``hints``: the only hints worth looking for (those the whole line holds), to scan its strings faster.
+    """
+    found = hints_in(text, hints)
+    if not found:
+        return text
+    separated = ":" in text or "=" in text
+    for rule in _TEXT_RULES:
+        if any(hint in found for hint in rule.hints) and (separated or not rule.separated):
+            text = rule.pattern.sub(rule.replacement, text)
+    return text
+
+
+@functools.lru_cache(maxsize=1024)
+def is_secret_key(key: str) -> bool:
+    """Whether a field of this name holds a secret: ``SENSITIVE_KEYS`` and any name built on their stems."""
+    # Cached: field names are few and come back on every line.
+    lowered = key.lower()
+    return any(stem in lowered for stem in SECRET_KEY_STEMS)
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _clean_text(text: str, hints: tuple[str, ...], check_encoding: bool) -> str:
+    text = redact_text(text, hints)
+    if check_encoding:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, from bytes decoded with surrogateescape
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _clean(value: Any, hints: tuple[str, ...], check_encoding: bool, depth: int = 0) -> Any:
+    """``value`` as plain JSON data, every secret-named field and every string redacted."""
+    if isinstance(value, str):
+        return _clean_text(value, hints, check_encoding)
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if _INT_RANGE[0] <= value <= _INT_RANGE[1] else str(value)
+    if depth >= _MAX_DEPTH:
+        return "[too deep]"
+    if isinstance(value, dict):
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            # Names are the code's, not data: made safe to encode, and checked for a secret's name.
+            name = _clean_text(key if isinstance(key, str) else _safe_str(key), (), check_encoding)
+            secret = item is not None and is_secret_key(name)
+            cleaned[name] = REDACTED if secret else _clean(item, hints, check_encoding, depth + 1)
+        return cleaned
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(item, hints, check_encoding, depth + 1) for item in value]
+    return _clean_text(_safe_str(value), hints, check_encoding)
+
+
+def render_line(event_dict: EventDict, **_options: Any) -> str:
+    """The one redaction step and JSON rendering every line goes through; it never raises.
+
+    A line is rendered once and searched for the hints; only a line that holds one (or that orjson refuses)
+    is walked, its strings searched for the hints the line holds, redacted and rendered again. A clean line
+    costs one render and one search.
+    """
+    try:
+        line = orjson.dumps(event_dict, default=_safe_str).decode()
+    except (TypeError, orjson.JSONEncodeError):  # surrogates, huge integers, non-string keys, deep nesting
+        hints, rendered = _HINTS, False
+    else:
+        hints, rendered = hints_in(line), True
+        if not hints:
+            return line
+    try:
+        # A line orjson rendered holds no text it cannot encode: no string needs checking for surrogates.
+        return orjson.dumps(_clean(event_dict, hints, check_encoding=not rendered)).decode()
+    except Exception as exc:
+        return unrenderable_line(event_dict.get("logger"), event_dict.get("level"), exc)
+
+
+def unrenderable_line(logger: Any, level: Any, error: BaseException | None) -> str:
+    """The line written in place of one that could not be rendered: which logger, and why, nothing else."""
+    return json.dumps(
+        {
+            "event": "log.unrenderable",
+            "source_logger": logger if isinstance(logger, str) else None,
+            "source_level": level if isinstance(level, str) else None,
+            "error": type(error).__name__ if error is not None else None,
+            "level": "error",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "logger": "mixauth.logs",
+        },
+        ensure_ascii=True,
+    )
+
+
+def _protocol_error(error: BaseException | None) -> int | None:
+    """The HTTP status of one of aiohttp's protocol errors, None for any other exception.
+
+    Known by the class's module and name, so that logging, which every command configures, does not import
+    the web stack.
+    """
+    if error is None:
+        return None
+    for cls in type(error).__mro__:
+        if cls.__name__ == "HttpProcessingError" and cls.__module__ == "aiohttp.http_exceptions":
+            code = getattr(error, "code", 400)
+            return code if isinstance(code, int) else 400
+    return None
+
+
+def _exception_chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending = [error]
+    while pending and len(seen) < 64:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += list(getattr(current, "exceptions", ()))
+
+
+class _TracebackTransformer:
+    """structlog's traceback data, without local variables and without protocol errors' raw request bytes.
+
+    Any other exception's text is redacted with the rest of the line by ``render_line``.
+    """
+
+    def __init__(self) -> None:
+        self._transform = ExceptionDictTransformer(show_locals=False)
+
+    def __call__(self, exc_info: ExcInfo) -> list[dict[str, Any]]:
+        stack = self._transform(exc_info)
+        protocol = {type(e).__name__ for e in _exception_chain(exc_info[1]) if _protocol_error(e) is not None}
+        if protocol:
+            self._scrub(stack, protocol)
+        return stack
+
+    def _scrub(self, stack: Any, names: set[str]) -> None:
+        # An exception group's members are stacks of their own, nested under "exceptions".
+        for entry in stack:
+            if isinstance(entry, list):
+                self._scrub(entry, names)
+            elif isinstance(entry, dict):
+                if entry.get("exc_type") in names:
+                    entry["exc_value"] = REDACTED
+                self._scrub(entry.get("exceptions") or [], names)
+
+
+class _ProtocolErrorSummary(logging.Filter):
+    """Turns a record about an aiohttp protocol error into one concise line: its class and status.
+
+    aiohttp logs "Error handling request" at ERROR with the exception, whose message quotes the raw request
+    (headers, body, a bearer token). The client sent a malformed request: that is worth an INFO line, not a
+    traceback (a scanner's first garbage line, which aiohttp logs at DEBUG, stays at DEBUG).
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        status = _protocol_error(error)
+        if status is None:
+            return True
+        # aiohttp's "Error handling request from %s" names the peer, the one argument.
+        args = record.args if record.name == "aiohttp.server" and isinstance(record.args, tuple) else ()
+        record.msg, record.args, record.exc_info, record.exc_text = MALFORMED_REQUEST_EVENT, (), None, None
+        record.levelno = min(record.levelno, logging.INFO)
+        record.levelname = logging.getLevelName(record.levelno)
+        # Extra attributes, which the formatter's ExtraAdder turns into fields.
+        record.__dict__.update(error=type(error).__name__, status=status)
+        if len(args) == 1 and isinstance(args[0], str):
+            record.__dict__["peer"] = args[0]
+        return record.levelno >= self.level
+
+
+class _LineWriter:
+    """Writes whole lines to one stream under one lock, for both paths, and never raises."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except UnicodeEncodeError:  # a stream whose encoding is not UTF-8: JSON's own \u escapes
+                self._write_ascii(line)
+            except (OSError, ValueError):  # closed or broken (a reader that went away): the line is lost
+                pass
+
+    def _write_ascii(self, line: str) -> None:
+        try:
+            self.stream.write(json.dumps(json.loads(line), ensure_ascii=True) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _NamedLineLogger:
+    """structlog's wrapped logger: writes each rendered line, carrying the name a module asked for."""
+
+    def __init__(self, writer: _LineWriter, name: str) -> None:
+        self._writer = writer
         self.name = name
+
+    def msg(self, message: str) -> None:
+        self._writer.write(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _JsonLinesHandler(logging.Handler):
+    """The stdlib's handler: each record as one JSON line; a record that cannot be formatted as one
+    ``log.unrenderable`` line, never the stdlib's multi-line "--- Logging error ---" on stderr."""
+
+    def __init__(self, writer: _LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._writer.write(line)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (the stdlib's name)
+        self._writer.write(unrenderable_line(record.name, record.levelname.lower(), sys.exc_info()[1]))
 
 
 def _add_logger_name(logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -45,35 +365,48 @@ def _add_logger_name(logger: Any, _method: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
-def _json(value: Any, **_options: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
+def _never_failing(processors: list[Processor]) -> Processor:
+    """One processor that runs ``processors`` in turn; if any raises, the line says so instead of the
+    exception reaching the code that logged (a request would answer 500)."""
+
+    def run(logger: Any, method: str, event_dict: EventDict) -> Any:
+        try:
+            result: Any = event_dict
+            for processor in processors:
+                result = processor(logger, method, result)
+            return result
+        except Exception as exc:
+            return unrenderable_line(getattr(logger, "name", None), method, exc)
+
+    return run
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None, *, cache: bool = False) -> None:
     """Send mixauth's events and the stdlib's (aiohttp's loggers included) to one JSON stream at ``level``.
 
     mixauth's own events take structlog's direct path: a level filter that costs nothing below ``level``,
-    then the processors, orjson and one write. The stdlib's records go through ``ProcessorFormatter`` into
-    the same shape. ``cache`` keeps each logger once built (the server's choice: about a third faster); it
-    is off by default so that reconfiguring, as tests do, reaches loggers already in use.
+    then the processors, the redacting renderer and one write. The stdlib's records go through
+    ``ProcessorFormatter`` into the same shape and the same renderer. ``cache`` keeps each logger once built
+    (the server's choice: about a third faster); it is off by default so that reconfiguring, as tests do,
+    reaches loggers already in use.
     """
     numeric_level = logging.getLevelName(level.upper())
-    stream = stream or sys.stdout
+    writer = _LineWriter(stream or sys.stdout)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
     ]
     render: list[Processor] = [
-        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-        structlog.processors.JSONRenderer(serializer=_json),
+        structlog.processors.ExceptionRenderer(_TracebackTransformer()),
+        structlog.processors.JSONRenderer(serializer=render_line),
     ]
-    handler = logging.StreamHandler(stream)
+    handler = _JsonLinesHandler(writer)
+    handler.addFilter(_ProtocolErrorSummary(numeric_level))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+            processors=[_never_failing([structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render])],
         )
     )
     root = logging.getLogger()
@@ -82,9 +415,9 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, *, cach
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric_level, logging.INFO))
     structlog.configure(
-        processors=[*shared, _add_logger_name, *render],
+        processors=[_never_failing([*shared, _add_logger_name, *render])],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=lambda *args: _NamedWriteLogger(stream, args[0] if args else "mixauth"),
+        logger_factory=lambda *args: _NamedLineLogger(writer, args[0] if args else "mixauth"),
         cache_logger_on_first_use=cache,
     )
 

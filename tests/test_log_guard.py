@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -39,3 +40,18 @@ async def test_debug_logging_keeps_the_database_drivers_statements_out(
     loggers = {json.loads(line)["logger"] for line in log_guard}
     assert "mixauth.auth" in loggers
     assert "aiosqlite" not in loggers
+
+
+async def test_the_guard_sees_the_http_parsers_own_lines(make_client: ClientFactory, log_guard: list[str]) -> None:
+    """aiohttp's parser logs malformed requests itself, through the stdlib: those lines reach the guard too,
+    as one concise line without the request's bytes."""
+    client = await make_client()
+    token = await sign_up(client)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"GET /user HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x7f\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.read()).startswith(b"HTTP/1.0 400")
+    writer.close()
+    await writer.wait_closed()
+    malformed = [json.loads(line) for line in log_guard if "http.request_malformed" in line]
+    assert [(line["logger"], line["error"]) for line in malformed] == [("aiohttp.server", "BadHttpMessage")]
