@@ -49,7 +49,7 @@ from aiohttp import web
 
 from server import __version__, admin, transfer
 from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
-from server.domain import MixauthError, User
+from server.domain import MixauthError, User, UserStore
 from server.hashing import PasswordHasher
 from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
 from server.progress import Progress
@@ -431,17 +431,23 @@ def export_users_command(settings: Settings, args: argparse.Namespace, stdin: Te
 
 
 def import_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    async def check(store: UserStore | None, source: BinaryIO, size: int | None) -> transfer.ImportPlan:
+        progress = Progress(sys.stderr, f"checking {args.file}", size)
+        plan = await transfer.plan_import(
+            store,
+            transfer.read_lines(source),
+            default_plan=settings.default_plan,
+            on_conflict=args.on_conflict,
+            progress=progress.advance,
+        )
+        progress.close()
+        return plan
+
     async def run(source: BinaryIO, size: int | None) -> transfer.ImportPlan:
+        if args.dry_run and not (settings.data_dir / DATABASE_FILE).is_file():
+            return await check(None, source, size)  # a dry run creates no database
         async with open_store(settings.data_dir) as store:
-            progress = Progress(sys.stderr, f"checking {args.file}", size)
-            plan = await transfer.plan_import(
-                store,
-                transfer.read_lines(source),
-                default_plan=settings.default_plan,
-                on_conflict=args.on_conflict,
-                progress=progress.advance,
-            )
-            progress.close()
+            plan = await check(store, source, size)
             if plan.ok and not args.dry_run:
                 await transfer.apply_import(store, plan)
             return plan

@@ -362,7 +362,7 @@ async def stored_keys(store: UserStore) -> _TakenKeys:
 
 
 async def plan_import(
-    store: UserStore,
+    store: UserStore | None,
     lines: Iterable[bytes],
     *,
     default_plan: str,
@@ -371,8 +371,9 @@ async def plan_import(
 ) -> ImportPlan:
     """Check every line (blank ones are passed over) and decide what an import would add; write nothing.
 
-    ``progress`` is told how many bytes each line took, for a progress bar."""
-    taken = await stored_keys(store)
+    ``store`` None is an empty store (a dry run for a database not made yet). ``progress`` is told how many
+    bytes each line took, for a progress bar."""
+    taken = _TakenKeys() if store is None else await stored_keys(store)
     plan = ImportPlan()
     for number, raw in enumerate(lines, start=1):
         plan.lines = number

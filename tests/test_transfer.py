@@ -317,11 +317,19 @@ def test_skip_mode_skips_and_counts_the_conflicting_users_and_imports_the_rest(
 def test_a_dry_run_checks_everything_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["import-users", str(APPMIXER_EXPORT), "--dry-run"], tmp_path / "data") == 0
     assert capsys.readouterr().out == "dry run: would import 4, skip 0; nothing written\n"
-    assert count(tmp_path / "data") == 0
+    assert not (tmp_path / "data").exists()  # not even an empty database
+    add_users(tmp_path / "data", [user("bob")])
+    assert run(["import-users", str(APPMIXER_EXPORT), "--dry-run"], tmp_path / "data") == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"mixauth: {APPMIXER_EXPORT}:4: Conflict: the username 'bob' is already in the store."
+    )
+    assert run(["import-users", str(APPMIXER_EXPORT), "--dry-run", "--on-conflict", "skip"], tmp_path / "data") == 0
+    assert capsys.readouterr().out == "dry run: would import 3, skip 1; nothing written\n"
+    assert count(tmp_path / "data") == 1
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text(APPMIXER_EXPORT.read_text(encoding="utf-8") + line(email="x") + "\n", encoding="utf-8")
-    assert run(["import-users", str(broken), "--dry-run"], tmp_path / "data") == 1
+    assert run(["import-users", str(broken), "--dry-run"], tmp_path / "other") == 1
     assert capsys.readouterr().err.splitlines()[0].startswith(f"mixauth: {broken}:5: ")
 
 
