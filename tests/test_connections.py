@@ -7,6 +7,7 @@ the whole on both event loops (uvloop, installed here, and asyncio's own, with u
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from server.web.serving import DEFAULT_MAX_CONNECTIONS, ConditionLog, ConnectionGate, connection_limit
+from server.web.serving import (
+    DEFAULT_MAX_CONNECTIONS,
+    ConditionLog,
+    ConnectionGate,
+    accept_forever,
+    connection_limit,
+)
 from tests.conftest import FakeClock
 from tests.process import ROOT, Server, start_server
 
@@ -100,13 +107,6 @@ def test_the_connection_cap(requested: int | None, open_files: int, cap: int) ->
     assert connection_limit(requested, open_files) == cap
 
 
-class _Transport:
-    aborted = False
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
 class _Handler(asyncio.Protocol):
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -121,33 +121,45 @@ class _Handler(asyncio.Protocol):
         self.calls.append("lost")
 
 
-def test_the_gate_closes_connections_past_the_cap_and_frees_a_place_when_one_ends() -> None:
+def test_the_gate_counts_connections_from_made_to_lost() -> None:
     handlers: list[_Handler] = []
 
     def factory() -> _Handler:
         handlers.append(_Handler())
         return handlers[-1]
 
-    conditions = condition_log(FakeClock())
-    gate = ConnectionGate(factory, 2, conditions)
-    first = gate()
-    gate()
-    first.connection_made(_Transport())  # type: ignore[arg-type]
+    gate = ConnectionGate(factory, 2)
+    first, second = gate(), gate()
+    assert not gate.full  # made, not yet connected
+    first.connection_made(asyncio.Transport())
+    second.connection_made(asyncio.Transport())
+    assert gate.full
     first.data_received(b"GET")
-    with capture_logs() as logs:
-        refused = gate()
-        transport = _Transport()
-        refused.connection_made(transport)  # type: ignore[arg-type]
-    assert transport.aborted
-    assert len(handlers) == 2
-    assert [(log["event"], log["count"], log["max_connections"]) for log in logs] == [("connections.refused", 1, 2)]
     first.connection_lost(None)
     first.connection_lost(None)  # a place is given back once
     assert handlers[0].calls == ["made", "GET", "lost", "lost"]
-    assert gate.open == 1
-    gate()
-    assert len(handlers) == 3
-    assert gate.open == 2
+    assert (gate.open, gate.full) == (1, False)
+
+
+async def test_past_the_cap_a_connection_is_reset_at_once_and_counted() -> None:
+    conditions = condition_log(FakeClock())
+    gate = ConnectionGate(_Handler, 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepting = asyncio.create_task(accept_forever(listener, gate, conditions))
+    try:
+        with capture_logs() as logs:
+            _, kept = await asyncio.open_connection(*listener.getsockname())
+            reader, refused = await asyncio.open_connection(*listener.getsockname())
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), timeout=10)
+        assert (gate.open, gate.full) == (1, True)
+        assert [(log["event"], log["count"], log["max_connections"]) for log in logs] == [("connections.refused", 1, 1)]
+        kept.close()
+        refused.close()
+    finally:
+        accepting.cancel()
+        listener.close()
 
 
 def _hide_uvloop(tmp_path: Path) -> dict[str, str]:
@@ -161,6 +173,14 @@ def _hide_uvloop(tmp_path: Path) -> dict[str, str]:
 async def _answers_health(server: Server) -> int:
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/health/live") as response:
         return response.status
+
+
+async def _connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection to ``server``, or None when it is reset before the client saw it open."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), timeout=10)
+    except ConnectionResetError:
+        return None
 
 
 async def _is_refused(reader: asyncio.StreamReader) -> bool:
@@ -180,13 +200,13 @@ async def test_more_idle_connections_than_the_file_limit_allows(tmp_path: Path, 
     env = _hide_uvloop(tmp_path) if loop == "asyncio" else {}
     server = await start_server(tmp_path, open_files=(256, 256), **env)
     try:
-        connections = [
-            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), timeout=10) for _ in range(300)
-        ]
-        refused = sum(await asyncio.gather(*(_is_refused(reader) for reader, _ in connections)))
+        connections = [await _connect(server) for _ in range(300)]
+        open_ones = [connection for connection in connections if connection is not None]
+        refused = len(connections) - len(open_ones)
+        refused += sum(await asyncio.gather(*(_is_refused(reader) for reader, _ in open_ones)))
         with pytest.raises(aiohttp.ClientConnectionError):
             await _answers_health(server)  # at the cap: closed at once, not queued
-        for _, writer in connections:
+        for _, writer in open_ones:
             writer.close()
         deadline = time.monotonic() + 10
         while True:  # the server sees the 300 closes in its own time

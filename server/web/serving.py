@@ -1,9 +1,9 @@
 """Serving the application: the listener, its limits, its log lines and its lifetime, on a given event loop.
 
-``run`` raises the process's file limit, binds the port through a gate that caps concurrent connections,
-closes idle keep-alive connections after ``keepalive_timeout``, and stops on SIGTERM or SIGINT once the
-requests in flight are answered. Its log lines come in pairs: ``server.starting``, then ``server.started``
-once the port is bound, and always one end line, ``server.stopped`` or ``server.failed``.
+``run`` raises the process's file limit, binds the port and accepts connections itself, up to a cap
+(past it a new one is reset at once), has aiohttp close idle connections after ``keepalive_timeout``, and
+stops on SIGTERM or SIGINT once the requests in flight are answered. Its log lines: ``server.starting``,
+``server.started`` once the port is bound, and always one end line, ``server.stopped`` or ``server.failed``.
 
 A condition that can repeat thousands of times a second (a connection refused at the cap, an accept()
 failing for want of descriptors, any other error the event loop reports) is logged once per interval with a
@@ -16,6 +16,8 @@ import asyncio
 import gc
 import resource
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ CONDITION_INTERVAL_S = 10.0
 # How long requests in flight have to finish after SIGTERM (aiohttp's own default).
 SHUTDOWN_TIMEOUT_S = 60.0
 BACKLOG = 128
+# How long accepting pauses after accept() fails for want of a resource (asyncio's own pause).
+ACCEPT_RETRY_S = 1.0
 
 
 class StartupError(Exception):
@@ -158,43 +162,34 @@ class ConditionLog:
 
 
 class ConnectionGate:
-    """The listener's protocol factory: at most ``limit`` connections at once; past it, a new one is closed
-    as soon as it is accepted (and counted), so the process keeps descriptors for its database and its logs.
-    """
+    """The listener's protocol factory, counting connections: ``full`` once ``limit`` are open."""
 
-    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int, conditions: ConditionLog) -> None:
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int) -> None:
         self._factory = factory
         self.limit = limit
         self.open = 0
-        self._conditions = conditions
+
+    @property
+    def full(self) -> bool:
+        return self.open >= self.limit
 
     def __call__(self) -> asyncio.Protocol:
-        if self.open >= self.limit:
-            self._conditions.note("connections.refused", max_connections=self.limit)
-            return _Refused()
-        self.open += 1
-        return _Counted(self._factory(), self._release)
-
-    def _release(self) -> None:
-        self.open -= 1
-
-
-class _Refused(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # abort(): a reset frees the descriptor at once; close() would wait to flush a buffer that is empty.
-        transport.abort()  # type: ignore[attr-defined]
+        return _Counted(self._factory(), self)
 
 
 class _Counted(asyncio.Protocol):
-    """Hands every call to the protocol it wraps, and gives the connection's place back when it ends."""
+    """Hands every call to the protocol it wraps, and counts its connection from made to lost."""
 
-    __slots__ = ("_inner", "_release")
+    __slots__ = ("_counted", "_gate", "_inner")
 
-    def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate) -> None:
         self._inner = inner
-        self._release: Callable[[], None] | None = release
+        self._gate = gate
+        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._gate.open += 1
+        self._counted = True
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -213,9 +208,69 @@ class _Counted(asyncio.Protocol):
         try:
             self._inner.connection_lost(exc)
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            if self._counted:
+                self._counted = False
+                self._gate.open -= 1
+
+
+async def accept_forever(listener: socket.socket, gate: ConnectionGate, conditions: ConditionLog) -> None:
+    """Accept connections on ``listener`` and hand them to ``gate``, one at a time.
+
+    The event loops' own accept loops cannot be told to refuse before a descriptor is spent: asyncio's takes
+    up to a backlog of connections at once and, out of descriptors, reports each failure (thousands of log
+    lines a second); uvloop's silently drops them. Here a connection past the cap is closed with a reset as
+    soon as it is accepted, so it holds its descriptor for no time at all, and a failing accept() is
+    counted and retried after a pause instead of at once.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            connection, _ = await loop.sock_accept(listener)
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue
+        except OSError as exc:
+            conditions.note("connections.accept_failed", exc.strerror or "", error=exc.strerror or str(exc))
+            await asyncio.sleep(ACCEPT_RETRY_S)
+            continue
+        if gate.full:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            connection.close()
+            conditions.note("connections.refused", max_connections=gate.limit)
+            continue
+        try:
+            await loop.connect_accepted_socket(gate, connection)
+        except OSError:  # the client left between accept() and now
+            connection.close()
+
+
+# SO_LINGER on, with a zero timeout: close() sends a reset and frees the descriptor at once.
+_RESET = struct.pack("ii", 1, 0)
+
+
+async def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` names, bound as asyncio's create_server binds them."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                reason = (exc.strerror or str(exc)).lower()
+                raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: {reason}") from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def run(app: web.Application, settings: Settings, loop: asyncio.AbstractEventLoop, loop_name: str) -> None:
@@ -290,19 +345,23 @@ async def _serve(
         # the bind fails, whatever did start is closed here rather than left to the interpreter.
         await runner.setup()
         assert runner.server is not None
-        gate = ConnectionGate(runner.server, max_connections, conditions)
-        listener = await loop.create_server(gate, settings.host, settings.port, backlog=BACKLOG)
+        gate = ConnectionGate(runner.server, max_connections)
+        listeners = await _listen(settings.host, settings.port)
     except BaseException:
         await runner.cleanup()
         raise
-    addresses = [sock.getsockname()[:2] for sock in listener.sockets]
+    addresses = [listener.getsockname()[:2] for listener in listeners]
     log.info("server.started", addresses=[f"{host}:{port}" for host, port in addresses])
-    flusher = loop.create_task(_flush_every(conditions))
+    tasks = [loop.create_task(accept_forever(listener, gate, conditions)) for listener in listeners]
+    tasks.append(loop.create_task(_flush_every(conditions)))
     try:
         await stop.wait()
     finally:
-        flusher.cancel()
-        listener.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for listener in listeners:
+            listener.close()
         # Idle keep-alive connections are closed at once; requests in flight get SHUTDOWN_TIMEOUT_S to finish.
         await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT):
