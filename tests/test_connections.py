@@ -7,16 +7,19 @@ the whole on both event loops (uvloop, installed here, and asyncio's own, with u
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from server.web import serving
 from server.web.serving import (
     DEFAULT_MAX_CONNECTIONS,
     ConditionLog,
@@ -160,6 +163,32 @@ async def test_past_the_cap_a_connection_is_reset_at_once_and_counted() -> None:
     finally:
         accepting.cancel()
         listener.close()
+
+
+async def test_accept_failures_are_counted_and_paused_not_logged_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors, asyncio's own accept loop logged every failed accept(): thousands of lines a second."""
+    monkeypatch.setattr(serving, "ACCEPT_RETRY_S", 0)  # the pause itself is a second; here, no waiting
+    loop = asyncio.get_running_loop()
+    failures = 0
+
+    async def out_of_descriptors(_sock: socket.socket) -> tuple[socket.socket, Any]:
+        nonlocal failures
+        failures += 1
+        if failures == 1000:
+            raise asyncio.CancelledError
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(loop, "sock_accept", out_of_descriptors)
+    conditions = condition_log(FakeClock())
+    with capture_logs() as logs, socket.socket() as listener:
+        with pytest.raises(asyncio.CancelledError):
+            await accept_forever(listener, ConnectionGate(_Handler, 1), conditions)
+        conditions.flush(final=True)
+    assert [(log["event"], log["count"]) for log in logs] == [
+        ("connections.accept_failed", 1),
+        ("connections.accept_failed", 998),
+    ]
+    assert logs[0]["error"] == "Too many open files"
 
 
 def _hide_uvloop(tmp_path: Path) -> dict[str, str]:
