@@ -351,7 +351,7 @@ async def _serve(
         await runner.cleanup()
         raise
     addresses = [listener.getsockname()[:2] for listener in listeners]
-    log.info("server.started", addresses=[f"{host}:{port}" for host, port in addresses])
+    log.info("server.started", addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses])
     tasks = [loop.create_task(accept_forever(listener, gate, conditions)) for listener in listeners]
     tasks.append(loop.create_task(_flush_every(conditions)))
     try:
