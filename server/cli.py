@@ -44,9 +44,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
-import structlog
-from aiohttp import web
-
 from server import __version__, admin, transfer
 from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
 from server.domain import MixauthError, User, UserStore
@@ -57,7 +54,7 @@ from server.security import USER_ID_PATTERN
 from server.service import register_user
 from server.storage import StorageError, prepare_data_dir
 from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
-from server.web.access import AccessLog
+from server.web import serving
 from server.web.app import auth_policy, create_app
 
 T = TypeVar("T")
@@ -267,25 +264,13 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdin: 
 
 
 def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT (see ``server.web.serving``); 0 once stopped cleanly."""
     configure_logging(settings.log_level, cache=True)
     loop, loop_name = _event_loop()
-    log = structlog.get_logger("mixauth.server")
-    log.info("server.starting", version=__version__, host=settings.host, port=settings.port, loop=loop_name)
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            access_log_class=AccessLog,
-            print=None,
-            loop=loop,
-        )
-    except OSError as exc:
-        if exc.filename is not None:
-            raise CommandError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
-        raise CommandError(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-    # run_app returns after a signal, once requests in flight are answered and the database is closed.
-    log.info("server.stopped")
+        serving.run(create_app(settings), settings, loop, loop_name)
+    except serving.StartupError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 
