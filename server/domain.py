@@ -22,6 +22,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── UsernameTaken (409 username_taken)
     │   └── EmailTaken (409 email_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
+    │   └── UnsupportedContentEncoding (415 unsupported_content_encoding)
     ├── RateLimited (429 rate_limited)
     │   ├── SignupEmailRateLimited (429 signup_email_rate_limited)
     │   ├── SignupIpRateLimited (429 signup_ip_rate_limited)
@@ -217,6 +218,11 @@ class UnsupportedMediaType(MixauthError):
     status = 415
     code = "unsupported_media_type"
     default_message = "The request body must be JSON (Content-Type: application/json)."
+
+
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    code = "unsupported_content_encoding"
+    default_message = "The request body must not be compressed (Content-Encoding: identity only)."
 
 
 class RateLimited(MixauthError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
+import re
 from typing import Any
 
 import pytest
@@ -126,3 +129,85 @@ async def test_success_bodies_never_contain_an_error_key(client: TestClient[Any,
     for response in (create, sign_in, me):
         assert response.status == 200
         assert "error" not in await response.json()
+
+
+# Compressed and broken bodies (issue 11, section 3).
+
+
+async def raw_exchange(client: TestClient[Any, Any], data: bytes, *, then: bytes = b"") -> bytes:
+    """Send ``data`` on a fresh connection to the test server (and ``then`` once it has answered
+    ``100 Continue``), and read until its final answer is complete or it closes the connection."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(data)
+        received = b""
+        if then:
+            received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert received.startswith(b"HTTP/1.1 100 "), received
+            writer.write(then)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        body = await asyncio.wait_for(reader.readexactly(int(length.group(1))), 5) if length else b""
+        return received + head + body
+    finally:
+        writer.close()
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """The last response in ``raw``: status, headers (lower-case names) and JSON body."""
+    head, _, body = raw.rpartition(b"HTTP/1.")[2].partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ")[1]), headers, json.loads(body)
+
+
+def assert_json_error(raw: bytes, status: int, code: str) -> dict[str, str]:
+    got_status, headers, body = parse_answer(raw)
+    assert (got_status, body.get("code")) == (status, code), raw[:300]
+    assert set(body) == ERROR_KEYS
+    assert body["statusCode"] == status
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert len(headers["x-request-id"]) == 32
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw"),
+    [
+        ("gzip", gzip.compress(b'{"username": "a", "password": "abc321"}')),
+        ("gzip", b"\x1f\x8b\x08\x00 not really gzip"),
+        ("deflate", b"not deflate at all"),
+        ("br", b"\x0b\x02\x80{}\x03"),
+        ("x-gzip", gzip.compress(b"{}")),
+        ("identity, gzip", gzip.compress(b"{}")),
+        ("GZIP", gzip.compress(b"{}")),
+    ],
+)
+async def test_compressed_bodies_are_refused_with_415(client: TestClient[Any, Any], encoding: str, raw: bytes) -> None:
+    response = await client.post(
+        "/user/auth", data=raw, headers={"Content-Type": "application/json", "Content-Encoding": encoding}
+    )
+    await assert_error(response, 415, "unsupported_content_encoding")
+
+
+async def test_identity_is_no_compression(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        "/user/auth", json={"username": "a", "password": "abc321"}, headers={"Content-Encoding": "identity"}
+    )
+    await assert_error(response, 403, "invalid_credentials")
+
+
+async def test_no_request_body_is_ever_inflated(client: TestClient[Any, Any]) -> None:
+    # Every connection's parser is built with auto_decompress off: a body drained unread after an answer, or
+    # read by any handler, stays as small as it was sent.
+    runner = client.server.runner
+    assert runner is not None
+    assert runner.server is not None
+    assert runner.server._kwargs["auto_decompress"] is False
+
+
+async def test_a_body_announced_over_the_limit_is_answered_at_once(client: TestClient[Any, Any]) -> None:
+    # Nothing of the gigabyte follows the headers: the answer must not wait for it.
+    raw = await raw_exchange(client, b"POST /user/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+    assert_json_error(raw, 413, "body_too_large")

@@ -67,7 +67,13 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     ``wall_clock`` (seconds since the epoch) decides when remembered tokens expire. Tests pass fakes.
     """
     metrics = Metrics() if settings.metrics_enabled else None
-    app = web.Application(middlewares=[request_context, error_mapping, bearer_auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[request_context, error_mapping, bearer_auth],
+        client_max_size=MAX_BODY_BYTES,
+        # Never inflate a request body: a compressed one is refused (415) unread, and one drained unread after
+        # an answer stays as small as it was sent.
+        handler_args={"auto_decompress": False},
+    )
     app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[ACCESS_RULES] = {
         "get_user": Requirement(authenticated=True),
