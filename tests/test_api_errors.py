@@ -6,12 +6,16 @@ import asyncio
 import gzip
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from server.web.keys import SERVICE
+from server.web.middleware import error_mapping
+from tests.process import start_server
 
 ERROR_KEYS = {"error", "message", "statusCode", "code"}
 
@@ -211,3 +215,36 @@ async def test_a_body_announced_over_the_limit_is_answered_at_once(client: TestC
     # Nothing of the gigabyte follows the headers: the answer must not wait for it.
     raw = await raw_exchange(client, b"POST /user/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
     assert_json_error(raw, 413, "body_too_large")
+
+
+async def test_a_client_that_aborts_mid_body_is_one_quiet_line(tmp_path: Path) -> None:
+    # A real server process: the test server cancels a handler whose client left (handler_cancellation),
+    # ``python -m server`` lets it run on, as run_app does, and so meets the hang-up inside the body's read.
+    server = await start_server(tmp_path)
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /user HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+        # Once the server says continue, its handler is reading the body.
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 100 ")
+        writer.write(b'{"username": ')
+        await writer.drain()
+        writer.transport.abort()
+        for _ in range(500):  # bounded: until the server has seen the connection go
+            if '"request.aborted"' in server.log_path.read_text():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        _, events, stderr = server.stop()
+    aborted = [event for event in events if event["event"] == "request.aborted"]
+    assert [event["level"] for event in aborted] == ["info"], events
+    assert not [event for event in events if "exception" in event or event["level"] in {"error", "critical"}]
+    assert stderr == ""
+
+
+async def test_error_mapping_lets_a_cancellation_through() -> None:
+    async def cancelled(request: web.Request) -> web.StreamResponse:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await error_mapping(make_mocked_request("GET", "/user"), cancelled)
