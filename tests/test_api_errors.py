@@ -135,7 +135,7 @@ async def test_success_bodies_never_contain_an_error_key(client: TestClient[Any,
         assert "error" not in await response.json()
 
 
-# Compressed and broken bodies (issue 11, section 3).
+# Compressed and broken bodies, and answers made outside the middlewares (issue 11, sections 3 and 5).
 
 
 async def raw_exchange(client: TestClient[Any, Any], data: bytes, *, then: bytes = b"") -> bytes:
@@ -242,9 +242,79 @@ async def test_a_client_that_aborts_mid_body_is_one_quiet_line(tmp_path: Path) -
     assert stderr == ""
 
 
+async def test_a_broken_chunked_body_is_a_400(client: TestClient[Any, Any], log_guard: list[str]) -> None:
+    raw = await raw_exchange(
+        client,
+        b"POST /user/auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        then=b"2\r\n{}\r\nzz\r\n",
+    )
+    assert_json_error(raw, 400, "bad_request")
+    assert not [line for line in log_guard if '"exception"' in line or '"level": "error"' in line]
+
+
 async def test_error_mapping_lets_a_cancellation_through() -> None:
     async def cancelled(request: web.Request) -> web.StreamResponse:
         raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
         await error_mapping(make_mocked_request("GET", "/user"), cancelled)
+
+
+PARSER_ERRORS = {
+    "bad_method": (b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n", "bad_method"),
+    "not_http": (b"GARBAGE\r\n\r\n", "bad_method"),
+    "header_too_long": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n", "header_too_large"),
+    "path_too_long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "header_too_large"),
+    "space_in_header_name": (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", "bad_request"),
+    "nul_in_header_value": (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", "bad_request"),
+    "latin_1_path": (b"GET /us\xe9r HTTP/1.1\r\nHost: x\r\n\r\n", "bad_request"),
+    "two_lengths": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "bad_request"),
+    "bad_chunk_size": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad_request"),
+    "http_2_preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "bad_request"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARSER_ERRORS))
+async def test_the_http_parsers_own_errors_are_the_json_error_body(
+    client: TestClient[Any, Any], log_guard: list[str], case: str
+) -> None:
+    request_bytes, code = PARSER_ERRORS[case]
+    headers = assert_json_error(await raw_exchange(client, request_bytes), 400, code)
+    assert headers.get("connection", "close").lower() == "close"
+    # One line, without the request's bytes (they may hold a token or a password) and without a traceback.
+    malformed = [json.loads(line) for line in log_guard if '"request.malformed"' in line]
+    assert len(malformed) == 1
+    assert set(malformed[0]) >= {"reason", "request_id", "client_ip"}
+    assert not [line for line in log_guard if '"exception"' in line or '"level": "error"' in line]
+
+
+@pytest.mark.parametrize("path", ["/user", "/user/auth", "/nope"])
+@pytest.mark.parametrize(
+    "expect",
+    [b"200-ok", b"100-continu\xe9", b"\xff\xfe", b"100-continue, foo", b"100-continue\r\nExpect: 100-continue"],
+)
+async def test_any_expectation_but_100_continue_is_a_json_417(
+    client: TestClient[Any, Any], path: str, expect: bytes
+) -> None:
+    raw = await raw_exchange(
+        client,
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\nExpect: ".encode()
+        + expect
+        + b"\r\n\r\n{}",
+    )
+    assert not raw.startswith(b"HTTP/1.1 100"), raw[:100]
+    assert_json_error(raw, 417, "expectation_failed")
+
+
+async def test_100_continue_still_continues(client: TestClient[Any, Any]) -> None:
+    raw = await raw_exchange(
+        client,
+        b"POST /user/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n",
+        then=b"{}",
+    )
+    assert_json_error(raw, 400, "missing_field")
+
+
+async def test_http_1_0_expectations_are_ignored(client: TestClient[Any, Any]) -> None:
+    raw = await raw_exchange(client, b"POST /user/auth HTTP/1.0\r\nContent-Length: 2\r\nExpect: 200-ok\r\n\r\n{}")
+    assert_json_error(raw, 400, "missing_field")

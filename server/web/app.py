@@ -26,6 +26,7 @@ from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
+from server.web.connection import serve_json_errors
 from server.web.keys import ACCESS_RULES, METRICS, READINESS, SERVICE, STORE, TRUSTED_PROXIES, Requirement
 from server.web.middleware import bearer_auth, error_mapping, request_context
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         # an answer stays as small as it was sent.
         handler_args={"auto_decompress": False},
     )
+    serve_json_errors(app)
     app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[ACCESS_RULES] = {
         "get_user": Requirement(authenticated=True),
