@@ -267,7 +267,6 @@ PARSER_ERRORS = {
     "path_too_long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "header_too_large"),
     "space_in_header_name": (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", "bad_request"),
     "nul_in_header_value": (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", "bad_request"),
-    "latin_1_path": (b"GET /us\xe9r HTTP/1.1\r\nHost: x\r\n\r\n", "bad_request"),
     "two_lengths": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "bad_request"),
     "bad_chunk_size": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad_request"),
     "http_2_preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "bad_request"),
