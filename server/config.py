@@ -209,6 +209,8 @@ def parse_networks(value: Any) -> tuple[IPNetwork, ...]:
     networks: list[IPNetwork] = []
     for item in _comma_list(value, "addresses and CIDR ranges"):
         try:
+            if "%" in item:  # an IPv6 zone id names an interface here, and no peer address carries one
+                raise ValueError(item)
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address or CIDR range") from None

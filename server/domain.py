@@ -25,6 +25,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── EmailTaken (409 email_taken)
     │   └── UserIdTaken (409 user_id_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
+    │   └── UnsupportedContentEncoding (415 unsupported_content_encoding)
     ├── RateLimited (429 rate_limited)
     │   ├── SignupEmailRateLimited (429 signup_email_rate_limited)
     │   ├── SignupIpRateLimited (429 signup_ip_rate_limited)
@@ -293,6 +294,11 @@ class UnsupportedMediaType(MixauthError):
     status = 415
     code = "unsupported_media_type"
     default_message = "The request body must be JSON (Content-Type: application/json)."
+
+
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    code = "unsupported_content_encoding"
+    default_message = "The request body must not be compressed (Content-Encoding: identity only)."
 
 
 class RateLimited(MixauthError):

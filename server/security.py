@@ -205,6 +205,9 @@ class TokenCodec:
 
     def verify(self, token: str) -> TokenClaims:
         """Return the claims of a valid token; raise InvalidToken (with a reason for the log) otherwise."""
+        if not token.isascii():
+            # A JWT is ASCII; aiohttp hands other header bytes over as lone surrogates, which PyJWT cannot encode.
+            raise InvalidToken("malformed")
         claims = self._verified.get(token)
         if claims is not None:
             # PyJWT's own rule: a token is expired once ``exp <= now``.

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from server.web.keys import SERVICE
+from server.web.middleware import error_mapping
+from tests.process import start_server
 
 ERROR_KEYS = {"error", "message", "statusCode", "code"}
 
@@ -126,3 +133,187 @@ async def test_success_bodies_never_contain_an_error_key(client: TestClient[Any,
     for response in (create, sign_in, me):
         assert response.status == 200
         assert "error" not in await response.json()
+
+
+# Compressed and broken bodies, and answers made outside the middlewares (issue 11, sections 3 and 5).
+
+
+async def raw_exchange(client: TestClient[Any, Any], data: bytes, *, then: bytes = b"") -> bytes:
+    """Send ``data`` on a fresh connection to the test server (and ``then`` once it has answered
+    ``100 Continue``), and read until its final answer is complete or it closes the connection."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(data)
+        received = b""
+        if then:
+            received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert received.startswith(b"HTTP/1.1 100 "), received
+            writer.write(then)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        body = await asyncio.wait_for(reader.readexactly(int(length.group(1))), 5) if length else b""
+        return received + head + body
+    finally:
+        writer.close()
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """The last response in ``raw``: status, headers (lower-case names) and JSON body."""
+    head, _, body = raw.rpartition(b"HTTP/1.")[2].partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ")[1]), headers, json.loads(body)
+
+
+def assert_json_error(raw: bytes, status: int, code: str) -> dict[str, str]:
+    got_status, headers, body = parse_answer(raw)
+    assert (got_status, body.get("code")) == (status, code), raw[:300]
+    assert set(body) == ERROR_KEYS
+    assert body["statusCode"] == status
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert len(headers["x-request-id"]) == 32
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw"),
+    [
+        ("gzip", gzip.compress(b'{"username": "a", "password": "abc321"}')),
+        ("gzip", b"\x1f\x8b\x08\x00 not really gzip"),
+        ("deflate", b"not deflate at all"),
+        ("br", b"\x0b\x02\x80{}\x03"),
+        ("x-gzip", gzip.compress(b"{}")),
+        ("identity, gzip", gzip.compress(b"{}")),
+        ("GZIP", gzip.compress(b"{}")),
+    ],
+)
+async def test_compressed_bodies_are_refused_with_415(client: TestClient[Any, Any], encoding: str, raw: bytes) -> None:
+    response = await client.post(
+        "/user/auth", data=raw, headers={"Content-Type": "application/json", "Content-Encoding": encoding}
+    )
+    await assert_error(response, 415, "unsupported_content_encoding")
+
+
+async def test_identity_is_no_compression(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        "/user/auth", json={"username": "a", "password": "abc321"}, headers={"Content-Encoding": "identity"}
+    )
+    await assert_error(response, 403, "invalid_credentials")
+
+
+async def test_no_request_body_is_ever_inflated(client: TestClient[Any, Any]) -> None:
+    # Every connection's parser is built with auto_decompress off: a body drained unread after an answer, or
+    # read by any handler, stays as small as it was sent.
+    runner = client.server.runner
+    assert runner is not None
+    assert runner.server is not None
+    assert runner.server._kwargs["auto_decompress"] is False
+
+
+async def test_a_body_announced_over_the_limit_is_answered_at_once(client: TestClient[Any, Any]) -> None:
+    # Nothing of the gigabyte follows the headers: the answer must not wait for it.
+    raw = await raw_exchange(client, b"POST /user/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+    assert_json_error(raw, 413, "body_too_large")
+
+
+async def test_a_client_that_aborts_mid_body_is_one_quiet_line(tmp_path: Path) -> None:
+    # A real server process: the test server cancels a handler whose client left (handler_cancellation),
+    # ``python -m server`` lets it run on, as run_app does, and so meets the hang-up inside the body's read.
+    server = await start_server(tmp_path)
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /user HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+        # Once the server says continue, its handler is reading the body.
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 100 ")
+        writer.write(b'{"username": ')
+        await writer.drain()
+        writer.transport.abort()
+        for _ in range(500):  # bounded: until the server has seen the connection go
+            if '"request.aborted"' in server.log_path.read_text():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        _, events, stderr = server.stop()
+    aborted = [event for event in events if event["event"] == "request.aborted"]
+    assert [event["level"] for event in aborted] == ["info"], events
+    assert not [event for event in events if "exception" in event or event["level"] in {"error", "critical"}]
+    assert stderr == ""
+
+
+async def test_a_broken_chunked_body_is_a_400(client: TestClient[Any, Any], log_guard: list[str]) -> None:
+    raw = await raw_exchange(
+        client,
+        b"POST /user/auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        then=b"2\r\n{}\r\nzz\r\n",
+    )
+    assert_json_error(raw, 400, "bad_request")
+    assert not [line for line in log_guard if '"exception"' in line or '"level": "error"' in line]
+
+
+async def test_error_mapping_lets_a_cancellation_through() -> None:
+    async def cancelled(request: web.Request) -> web.StreamResponse:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await error_mapping(make_mocked_request("GET", "/user"), cancelled)
+
+
+PARSER_ERRORS = {
+    "bad_method": (b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n", "bad_method"),
+    "not_http": (b"GARBAGE\r\n\r\n", "bad_method"),
+    "header_too_long": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n", "header_too_large"),
+    "path_too_long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "header_too_large"),
+    "space_in_header_name": (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", "bad_request"),
+    "nul_in_header_value": (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", "bad_request"),
+    "two_lengths": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "bad_request"),
+    "bad_chunk_size": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad_request"),
+    "http_2_preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "bad_request"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARSER_ERRORS))
+async def test_the_http_parsers_own_errors_are_the_json_error_body(
+    client: TestClient[Any, Any], log_guard: list[str], case: str
+) -> None:
+    request_bytes, code = PARSER_ERRORS[case]
+    headers = assert_json_error(await raw_exchange(client, request_bytes), 400, code)
+    assert headers.get("connection", "close").lower() == "close"
+    # One line, without the request's bytes (they may hold a token or a password) and without a traceback.
+    malformed = [json.loads(line) for line in log_guard if '"http.request_malformed"' in line]
+    assert len(malformed) == 1
+    assert set(malformed[0]) >= {"error", "status", "request_id", "client_ip"}
+    assert not [line for line in log_guard if '"exception"' in line or '"level": "error"' in line]
+
+
+@pytest.mark.parametrize("path", ["/user", "/user/auth", "/nope"])
+@pytest.mark.parametrize(
+    "expect",
+    [b"200-ok", b"100-continu\xe9", b"\xff\xfe", b"100-continue, foo", b"100-continue\r\nExpect: 100-continue"],
+)
+async def test_any_expectation_but_100_continue_is_a_json_417(
+    client: TestClient[Any, Any], path: str, expect: bytes
+) -> None:
+    raw = await raw_exchange(
+        client,
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\nExpect: ".encode()
+        + expect
+        + b"\r\n\r\n{}",
+    )
+    assert not raw.startswith(b"HTTP/1.1 100"), raw[:100]
+    assert_json_error(raw, 417, "expectation_failed")
+
+
+async def test_100_continue_still_continues(client: TestClient[Any, Any]) -> None:
+    raw = await raw_exchange(
+        client,
+        b"POST /user/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n",
+        then=b"{}",
+    )
+    assert_json_error(raw, 400, "missing_field")
+
+
+async def test_http_1_0_expectations_are_ignored(client: TestClient[Any, Any]) -> None:
+    raw = await raw_exchange(client, b"POST /user/auth HTTP/1.0\r\nContent-Length: 2\r\nExpect: 200-ok\r\n\r\n{}")
+    assert_json_error(raw, 400, "missing_field")

@@ -32,6 +32,8 @@ PROXIES = parse_networks("10.0.0.0/8, 192.0.2.1, 2001:db8:ffff::/48")
         ("::ffff:10.1.2.3", ["198.51.100.1"], "198.51.100.1"),  # an IPv4-mapped peer is its IPv4 address
         ("2001:db8:ffff:1::1", ["2001:DB8::7"], "2001:db8::7"),  # IPv6, normalised
         ("10.1.2.3", ["::ffff:198.51.100.1"], "198.51.100.1"),
+        # A link-local peer is known by its address: the zone names an interface of this machine.
+        ("fe80::1%eth0", ["198.51.100.1"], "fe80::1"),
     ],
 )
 def test_resolution(peer: str, forwarded: list[str], client: str) -> None:
@@ -50,6 +52,12 @@ def test_resolution(peer: str, forwarded: list[str], client: str) -> None:
         "unknown",
         "1.2.3",
         "1.2.3.4 5.6.7.8",
+        # An IPv6 zone id names an interface of whoever wrote it, never a client.
+        "fe80::1%eth0",
+        "198.51.100.1, fe80::1%25eth0",
+        "fe80::1%1",
+        "2001:db8::1%x",
+        "fe80::1%\udce9",
     ],
 )
 def test_a_malformed_header_from_a_trusted_peer_is_refused(header: str) -> None:
@@ -70,6 +78,16 @@ def test_proxy_lists_parse_addresses_and_ranges() -> None:
     )
     with pytest.raises(ValueError, match="'nope' is not an IP address"):
         parse_networks("10.0.0.0/8,nope")
+
+
+@pytest.mark.parametrize("value", ["fe80::1%eth0", "fe80::%eth0/64", "10.0.0.0/8, fe80::1%1"])
+def test_a_proxy_list_with_an_ipv6_zone_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="is not an IP address or CIDR range"):
+        parse_networks(value)
+
+
+def test_the_zone_text_is_never_the_client_ip_without_trusted_proxies() -> None:
+    assert resolve_client_ip("fe80::1%eth0", [], ()) == "fe80::1"
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -110,3 +128,18 @@ async def test_a_malformed_header_from_a_trusted_proxy_is_a_400(make_client: Cli
     assert body["code"] == "invalid_forwarded_for"
     assert body["statusCode"] == 400
     assert response.headers["X-Request-Id"]
+
+
+async def test_a_zoned_address_from_a_trusted_proxy_is_a_400_before_any_sign_in(
+    make_client: ClientFactory, log_guard: list[str]
+) -> None:
+    client = await make_client(trusted_proxies=parse_networks("127.0.0.0/8"))
+    body = {"username": "u1", "email": "u1@example.com", "password": PASSWORD}
+    assert (await client.post("/user", json=body)).status == 200
+    credentials = {"username": "u1", "password": PASSWORD}
+    response = await client.post("/user/auth", json=credentials, headers={"X-Forwarded-For": "fe80::1%eth0"})
+    assert response.status == 400
+    assert (await response.json())["code"] == "invalid_forwarded_for"
+    events = [json.loads(line) for line in log_guard]
+    assert not [event for event in events if event["event"].startswith("user.signin")]
+    assert not [event for event in events if "eth0" in json.dumps(event)]

@@ -50,8 +50,8 @@ async def test_the_guard_sees_the_http_parsers_own_lines(make_client: ClientFact
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(f"GET /user HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x7f\r\n\r\n".encode())
     await writer.drain()
-    assert (await reader.read()).startswith(b"HTTP/1.0 400")
+    assert b" 400 " in (await reader.readline())
     writer.close()
     await writer.wait_closed()
     malformed = [json.loads(line) for line in log_guard if "http.request_malformed" in line]
-    assert [(line["logger"], line["error"]) for line in malformed] == [("aiohttp.server", "BadHttpMessage")]
+    assert [line["error"] for line in malformed] == ["BadHttpMessage"]

@@ -9,6 +9,7 @@ byte for byte, so a caller learns nothing about why a token failed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,7 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from server.security import new_user_id
+from server.domain import InvalidToken
+from server.security import TokenCodec, new_user_id
 from server.web.keys import SERVICE
 from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, bearer, create_admin, sign_up
 
@@ -191,6 +193,49 @@ async def test_attacks_get_the_same_401_on_open_endpoints(client: TestClient[Any
         response = await client.request(method, path, json=body, headers=headers_for(value))
         assert response.status == 401, value
         assert await response.read() == reference
+
+
+# Bytes a header may carry that are not text: aiohttp hands a non-UTF-8 byte over as a lone surrogate.
+
+RAW_CREDENTIALS = {
+    "latin_1_byte_in_token": lambda genuine: b"Bearer " + genuine[:-1].encode() + b"\xe9",
+    "latin_1_byte_after_token": lambda genuine: b"Bearer " + genuine.encode() + b"\xe9",
+    "invalid_utf_8": lambda genuine: b"Bearer \xff\xfe" + genuine.encode(),
+    "utf_8_letter": lambda genuine: b"Bearer " + genuine.encode() + "\u00e9".encode(),
+    "latin_1_scheme": lambda genuine: b"B\xe9arer " + genuine.encode(),
+}
+
+
+def test_a_token_that_is_not_ascii_is_malformed() -> None:
+    codec = TokenCodec(SECRET, 3600)
+    genuine = codec.issue(new_user_id(), ("user",))
+    assert codec.verify(genuine).scope == ("user",)
+    for token in (genuine[:-1] + "\udce9", genuine + "\udcff", "\u00e9" + genuine, genuine.replace(".", "\u2024", 1)):
+        with pytest.raises(InvalidToken) as refused:
+            codec.verify(token)
+        assert refused.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("name", sorted(RAW_CREDENTIALS))
+@pytest.mark.parametrize(("method", "path"), [("GET", "/user"), ("POST", "/user/auth")])
+async def test_any_byte_in_the_token_gets_the_same_401(
+    client: TestClient[Any, Any], name: str, method: str, path: str
+) -> None:
+    genuine = await sign_up(client)
+    reference = await client.get("/user", headers=bearer("not-a-token"))
+    expected = await reference.read()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\nAuthorization: ".encode()
+            + RAW_CREDENTIALS[name](genuine)
+            + b"\r\n\r\n{}"
+        )
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert answer.endswith(b"\r\n\r\n" + expected)
 
 
 # Response headers

@@ -27,6 +27,7 @@ from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
+from server.web.connection import serve_json_errors
 from server.web.keys import (
     ACCESS_RULES,
     METRICS,
@@ -80,7 +81,14 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     ``wall_clock`` (seconds since the epoch) decides when remembered tokens expire. Tests pass fakes.
     """
     metrics = Metrics() if settings.metrics_enabled else None
-    app = web.Application(middlewares=[request_context, error_mapping, bearer_auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[request_context, error_mapping, bearer_auth],
+        client_max_size=MAX_BODY_BYTES,
+        # Never inflate a request body: a compressed one is refused (415) unread, and one drained unread after
+        # an answer stays as small as it was sent.
+        handler_args={"auto_decompress": False},
+    )
+    serve_json_errors(app)
     app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[ACCESS_RULES] = {}
 

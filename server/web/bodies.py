@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.domain import BodyNotAnObject, MalformedBody, UnsupportedMediaType
+from server.domain import BodyNotAnObject, MalformedBody, UnsupportedContentEncoding, UnsupportedMediaType
 from server.validation import nested_deeper_than
 
 MAX_BODY_BYTES = 16 * 1024
@@ -52,10 +52,26 @@ def _check_text(value: Any) -> None:
             _check_text(item)
 
 
+def _refuse_encoded(request: web.Request) -> None:
+    """Refuse a compressed body: inflating it would let a few bytes on the wire cost gigabytes of work.
+
+    aiohttp never inflates one here (the application turns ``auto_decompress`` off), so the 16 KiB limit
+    applies to the bytes as sent.
+    """
+    for value in request.headers.getall("Content-Encoding", ()):
+        for coding in value.split(","):
+            if coding.strip().lower() not in ("", "identity"):
+                raise UnsupportedContentEncoding()
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; a missing Content-Type is read as JSON, other non-JSON types give 415."""
     if "Content-Type" in request.headers and not _is_json_type(request.content_type):
         raise UnsupportedMediaType()
+    _refuse_encoded(request)
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        # Said up front: answered now, not after waiting for bytes a client may never send.
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
     raw = await request.read()  # aiohttp enforces client_max_size and answers 413 beyond it
     try:
         body = json.loads(

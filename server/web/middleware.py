@@ -3,8 +3,9 @@
 - ``request_context``: gives each request an id and its client IP (resolved through trusted proxies), binds
   both into the log context, and returns the id in ``X-Request-Id`` beside ``SECURITY_HEADERS``.
 - ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
-  aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; anything else is logged with its
-  traceback and answered with a bare 500.
+  aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; a body the client broke off or framed
+  badly is the client's doing, logged in one line at INFO; anything else is logged with its traceback and
+  answered with a bare 500. (``asyncio.CancelledError`` is no Exception and passes through untouched.)
 - ``bearer_auth``: reads an ``Authorization: Bearer`` header on every request (a present but invalid one is
   401 everywhere), then checks the route's Requirement; a route that checks a bearer token of its own
   (``/metrics`` and its metrics token) is left to do so.
@@ -19,11 +20,12 @@ import time
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
 
 from server.domain import InsufficientScope, InvalidForwardedFor, MixauthError
 from server.logs import bind_request
 from server.web.bodies import MAX_BODY_BYTES, SECURITY_HEADERS, error_response
-from server.web.client_ip import resolve_client_ip
+from server.web.client_ip import resolve_client_ip, without_zone
 from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE, STARTED, TRUSTED_PROXIES
 
 log = structlog.get_logger("mixauth.http")
@@ -32,6 +34,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "The request is malformed."),
+    417: ("expectation_failed", "Only the expectation 100-continue is supported."),
     404: ("not_found", "No resource matches this path."),
     405: ("method_not_allowed", "This method is not allowed on this path."),
     413: ("body_too_large", f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."),
@@ -39,23 +42,33 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
 _PASSED_ON_HEADERS = ("Allow",)
 
 
-def _new_request_id() -> str:
+def request_id_of(request: BaseRequest) -> str:
+    """The caller's X-Request-Id when it is a plain token, else a new one."""
+    incoming = request.headers.get("X-Request-Id", "")
+    if _REQUEST_ID.fullmatch(incoming):
+        return incoming
     # 128 random bits, like a UUID4, from the interpreter's generator: a request id correlates log lines
     # and is no secret, and os.urandom's system call cost 8 % of a cached GET /user.
     return f"{random.getrandbits(128):032x}"
 
 
+def http_error_response(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own HTTP error (404, 405, 413, 417, ...) as the contract's JSON error body."""
+    code, message = _HTTP_ERRORS.get(exc.status, (_snake(exc.reason), f"{exc.reason}."))
+    headers = {name: exc.headers[name] for name in _PASSED_ON_HEADERS if name in exc.headers}
+    return error_response(exc.status, code, message, headers)
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[STARTED] = time.perf_counter()
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else _new_request_id()
+    request_id = request_id_of(request)
     trusted = request.app[TRUSTED_PROXIES]
     try:
         forwarded = request.headers.getall("X-Forwarded-For", ()) if trusted else ()
         client_ip = resolve_client_ip(request.remote, forwarded, trusted)
     except InvalidForwardedFor as exc:
-        bind_request(request_id=request_id, client_ip=request.remote)
+        bind_request(request_id=request_id, client_ip=without_zone(request.remote))
         log.warning("request.rejected", reason=exc.code)
         response: web.StreamResponse = error_response(exc.status, exc.code, exc.message)
     else:
@@ -76,9 +89,18 @@ async def error_mapping(request: web.Request, handler: Handler) -> web.StreamRes
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code, message = _HTTP_ERRORS.get(exc.status, (_snake(exc.reason), f"{exc.reason}."))
-        headers = {name: exc.headers[name] for name in _PASSED_ON_HEADERS if name in exc.headers}
-        return error_response(exc.status, code, message, headers)
+        return http_error_response(exc)
+    except ConnectionError:
+        # The client went away while its body was being read (or its answer written): nobody will read
+        # this answer, and a client's hang-up is no fault of the server's.
+        log.info("request.aborted", method=request.method, route=_route_of(request))
+        return error_response(400, "client_disconnected", "The client closed the connection mid-request.")
+    except web.RequestPayloadError:
+        # The body's own framing broke (a chunk size that is no number, fewer bytes than announced).
+        log.info("request.body_unreadable", method=request.method, route=_route_of(request))
+        response = error_response(400, *_HTTP_ERRORS[400])
+        response.force_close()  # where this body ends is unknown, so nothing after it can be read as a request
+        return response
     except Exception:
         log.exception("request.failed", method=request.method, path=request.path)
         return error_response(500, MixauthError.code, MixauthError.default_message)
@@ -106,6 +128,11 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     if requirement.authenticated or requirement.scopes:
         service.authorize(request.get(PRINCIPAL), requirement.scopes, route_name)
     return await handler(request)
+
+
+def _route_of(request: web.Request) -> str | None:
+    # The route's pattern, never the raw path, which the client chose.
+    return request.match_info.route.resource.canonical if request.match_info.route.resource else None
 
 
 def _snake(reason: str) -> str:
