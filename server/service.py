@@ -6,6 +6,7 @@ log event per auth event, and raises domain errors only; it knows nothing of HTT
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class AuthPolicy:
     create_scopes: frozenset[str] = frozenset()
     password_min_length: int = 6
     default_plan: str = "free"
+    default_vendor: tuple[str, ...] = ()
 
     @property
     def signup_bypass_scopes(self) -> frozenset[str]:
@@ -281,9 +283,8 @@ async def register_user(
         )
         metadata = validation.optional_metadata(body)
         password_hash = await hasher.hash(password)
-        user = await store.add(
-            build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
-        )
+        new_user = build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
+        user = await store.add(dataclasses.replace(new_user, vendor=policy.default_vendor))
     except MixauthError as exc:
         emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)
         raise

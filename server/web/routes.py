@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from server.config import Settings
 from server.service import ADMIN_SCOPE
-from server.web import handlers
+from server.web import admin_handlers, handlers
 from server.web.keys import ACCESS_RULES, OPEN, Requirement
 
 AUTHENTICATED = Requirement(authenticated=True)
@@ -52,6 +52,14 @@ def api_routes(settings: Settings) -> list[Route]:
             Requirement(scopes=frozenset(settings.api_user_create_scope)),
         ),
         Route("GET", "/user", handlers.get_user, "get_user", AUTHENTICATED),
+        # Users, for admins. /users/count before /users/{id}, which would take "count" for an id.
+        Route("GET", "/users", admin_handlers.list_users, "list_users", ADMIN),
+        Route("GET", "/users/count", admin_handlers.count_users, "count_users", ADMIN),
+        Route("GET", "/users/{id}", admin_handlers.get_user_by_id, "get_user_by_id", ADMIN),
+        Route("PUT", "/users/{id}", admin_handlers.update_user, "update_user", ADMIN),
+        Route("DELETE", "/users/{id}", admin_handlers.delete_user, "delete_user", ADMIN),
+        Route("GET", "/users/{id}/delete-status/{ticket}", admin_handlers.delete_status, "delete_status", ADMIN),
+        Route("POST", "/user/reset-password", admin_handlers.reset_password, "reset_password", ADMIN),
     ]
     if settings.metrics_enabled and settings.metrics_port is None:
         routes.append(Route("GET", "/metrics", handlers.get_metrics, "metrics", Requirement(own_bearer=True)))
