@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
@@ -33,7 +34,7 @@ from server.domain import (
     UserStore,
 )
 from server.hashing import PasswordHasher
-from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_key, identifier_key
+from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_key, identifier_key, new_user_id
 
 log = structlog.get_logger("mixauth.auth")
 
@@ -284,7 +285,12 @@ async def register_user(
         metadata = validation.optional_metadata(body)
         password_hash = await hasher.hash(password)
         new_user = build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
-        user = await store.add(dataclasses.replace(new_user, vendor=policy.default_vendor))
+        # ``created`` in milliseconds (the id holds whole seconds), so users made in one second sort in order.
+        now = time.time()
+        new_user = dataclasses.replace(
+            new_user, id=new_user_id(now), created=int(now * 1000), vendor=policy.default_vendor
+        )
+        user = await store.add(new_user)
     except MixauthError as exc:
         emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)
         raise

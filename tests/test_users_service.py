@@ -196,7 +196,7 @@ async def test_set_password_stores_a_new_hash_and_revokes_every_token(
         {
             "event": "tokens.revoked",
             "user_id": alice.id,
-            "token_version": 1,
+            "version": 1,
             "reason": "password_set",
             "via": "cli",
             "log_level": "info",
