@@ -9,10 +9,13 @@
     python -m server check-config [--json]
 
 Every command takes ``--config PATH`` and ``--data-dir DIR``, before or after its name. ``USER`` is an id, a
-username or an email, matched as sign-in matches them. The commands work on the data directory of a running
-server (SQLite in WAL mode; a write waits for the server's rather than failing), and the server sees each
-change within a second (it checks the database's data version at most once a second before using a user
-it remembers).
+username or an email, matched as sign-in matches them. The user commands go through ``server.users``, the
+service the admin HTTP calls use, so its rules hold here too: the last admin keeps ``admin`` and is never
+deleted, a password set here revokes the user's tokens, and ``list-users --json`` prints user objects.
+
+The commands work on the data directory of a running server (SQLite in WAL mode; a write waits for the
+server's rather than failing), and the server sees each change within a second (it checks the database's
+data version at most once a second before using a user it remembers).
 
 Every failure ends with one line on stderr starting with ``mixauth:`` and a non-zero exit code: 2 for a
 bad command line or configuration, 1 for anything the command itself could not do (no such user, a password

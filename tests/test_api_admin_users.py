@@ -635,3 +635,12 @@ async def test_signups_keep_their_millisecond_so_one_second_sorts_in_order(
         ("later", "2027-01-15T08:00:00.750Z"),
     ]
     assert body[0]["id"][:8] == body[1]["id"][:8] == f"{1_800_000_000:08x}"
+
+
+async def test_count_is_no_user_id_for_any_method(client: TestClient[Any, Any], admin: dict[str, str]) -> None:
+    for method in ("PUT", "DELETE", "OPTIONS", "POST"):
+        response = await client.request(method, "/users/count", headers=admin)
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET"
+    response = await client.get("/users/count/delete-status/x", headers=admin)
+    assert_error(await response.json(), 404, "delete_ticket_not_found")
