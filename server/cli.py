@@ -11,10 +11,13 @@
     python -m server check-config [--json]
 
 Every command takes ``--config PATH`` and ``--data-dir DIR``, before or after its name. ``USER`` is an id, a
-username or an email, matched as sign-in matches them. The commands work on the data directory of a running
-server (SQLite in WAL mode; a write waits for the server's rather than failing), and the server sees each
-change within a second (it checks the database's data version at most once a second before using a user
-it remembers).
+username or an email, matched as sign-in matches them. The user commands go through ``server.users``, the
+service the admin HTTP calls use, so its rules hold here too: the last admin keeps ``admin`` and is never
+deleted, a password set here revokes the user's tokens, and ``list-users --json`` prints user objects.
+
+The commands work on the data directory of a running server (SQLite in WAL mode; a write waits for the
+server's rather than failing), and the server sees each change within a second (it checks the database's
+data version at most once a second before using a user it remembers).
 
 Every failure ends with one line on stderr starting with ``mixauth:`` and a non-zero exit code: 2 for a
 bad command line or configuration, 1 for anything the command itself could not do (no such user, a password
@@ -38,22 +41,22 @@ import sqlite3
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
-from server import __version__, admin, transfer
+from server import __version__, transfer
 from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
 from server.domain import MixauthError, User, UserStore
 from server.hashing import PasswordHasher
 from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
 from server.progress import Progress
 from server.security import USER_ID_PATTERN
-from server.service import register_user
 from server.storage import StorageError, prepare_data_dir
 from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
+from server.users import DEFAULT_PAGE_SIZE, UserAdministration, UserCreation
+from server.views import iso_ms, user_object
 from server.web import serving
 from server.web.app import auth_policy, create_app
 
@@ -65,6 +68,10 @@ EXIT_BROKEN_PIPE = 141
 SECRET_NAME_ENDINGS = ("secret", "password", "_token", "_key", "credentials")
 # What check-config shows for a secret that is not set, when leaving it unset means something.
 UNSET_SECRET_NOTES = {"jwt_secret": "(generated in data_dir)"}
+
+
+# What the user service's events name as the door a change came through.
+VIA = "cli"
 
 
 class CommandError(Exception):
@@ -162,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = command("list-users", "list users in creation order, a page at a time")
     listing.add_argument("--scope", type=_one_scope, help="only the users who hold this scope")
     listing.add_argument(
-        "--limit", type=_page_size, default=admin.DEFAULT_PAGE_SIZE, metavar="N", help="page size (default: 100)"
+        "--limit", type=_page_size, default=DEFAULT_PAGE_SIZE, metavar="N", help="page size (default: 100)"
     )
     listing.add_argument("--after", type=_user_id, metavar="ID", help="start after this user id (the next page)")
     listing.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
@@ -305,57 +312,51 @@ def _event_lines_on_success(level: str) -> Iterator[None]:
 
 def create_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     password = _read_password(args.password_stdin, stdin)
-    body = {"username": args.username, "email": args.email, "password": password}
-    user_id = asyncio.run(_create_user(settings, body, args.scope))
-    print(user_id)
+    creation = UserCreation(username=args.username, email=args.email, password=password, scope=args.scope)
+    user = _run_admin(_create_user(settings, creation))
+    print(user.id)
     return 0
 
 
 def list_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     async def run() -> list[User]:
-        async with _open_existing_store(settings) as store:
+        async with _administration(settings) as users:
             # One more than asked for says whether another page follows.
-            return await admin.list_users(store, scope=args.scope, limit=args.limit + 1, after=args.after)
+            return await users.page(scope=args.scope, limit=args.limit + 1, after=args.after)
 
-    users = asyncio.run(run())
-    page = users[: args.limit]
+    listed = asyncio.run(run())
+    page = listed[: args.limit]
     if args.json:
-        print(json.dumps([_user_json(user) for user in page], ensure_ascii=False, indent=2))
+        print(json.dumps([user_object(user) for user in page], ensure_ascii=False, indent=2))
     else:
         print(_user_table(page))
-    if len(users) > args.limit:
+    if len(listed) > args.limit:
         print(f"mixauth: more users follow; for the next page add --after {page[-1].id}", file=sys.stderr)
     return 0
 
 
 def set_password_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     async def find() -> User:
-        async with _open_existing_store(settings) as store:
-            return await admin.find_user(store, args.user)
+        async with _administration(settings) as users:
+            return await users.find(args.user)
 
     async def change(user: User, password: str) -> None:
-        hasher = _hasher(settings)
-        try:
-            async with _open_existing_store(settings) as store:
-                await admin.change_password(
-                    store, hasher, user, password, min_length=settings.password_min_length, via="cli"
-                )
-        finally:
-            await asyncio.to_thread(hasher.close)
+        async with _administration(settings) as users:
+            await users.set_password(user.id, password, via=VIA)
 
     # The user is found before the password is asked for, and the prompt runs outside the event loop, so
     # an unknown name fails at once and Ctrl-C at the prompt interrupts cleanly.
     user = _run_admin(find())
     _run_admin(change(user, _read_password(args.password_stdin, stdin)))
-    print(f"password changed for {user.id} ({user.username})")
+    print(f"password changed for {user.id} ({user.username}); their tokens are revoked")
     return 0
 
 
 def set_scope_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     async def run() -> tuple[User, User]:
-        async with _open_existing_store(settings) as store:
-            user = await admin.find_user(store, args.user)
-            return user, await admin.change_scope(store, user, args.scope, via="cli")
+        async with _administration(settings) as users:
+            user = await users.find(args.user)
+            return user, await users.set_scope(user.id, args.scope, via=VIA)
 
     before, after = _run_admin(run())
     print(f"scope of {after.id} ({after.username}): {_scopes(before.scope)} -> {_scopes(after.scope)}")
@@ -364,9 +365,9 @@ def set_scope_command(settings: Settings, args: argparse.Namespace, stdin: TextI
 
 def delete_user_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     async def run() -> User:
-        async with _open_existing_store(settings) as store:
-            user = await admin.find_user(store, args.user)
-            await admin.remove_user(store, user, via="cli")
+        async with _administration(settings) as users:
+            user = await users.find(args.user)
+            await users.delete(user.id, via=VIA)
             return user
 
     user = _run_admin(run())
@@ -535,20 +536,21 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     return first
 
 
-def _hasher(settings: Settings) -> PasswordHasher:
-    return PasswordHasher(settings.bcrypt_rounds, workers=1)
-
-
-async def _create_user(settings: Settings, body: dict[str, Any], scope: tuple[str, ...]) -> str:
-    hasher = _hasher(settings)
+@asynccontextmanager
+async def _administration(settings: Settings, *, create: bool = False) -> AsyncIterator[UserAdministration]:
+    """The user service the HTTP admin calls use, on the data directory's store (an existing one unless
+    ``create``), with a one-thread hashing pool at the configured cost."""
+    hasher = PasswordHasher(settings.bcrypt_rounds, workers=1)
     try:
-        async with open_store(settings.data_dir) as store:
-            user = await register_user(store, hasher, auth_policy(settings), body, scope, via="cli")
-    except MixauthError as exc:
-        raise CommandError(exc.message) from None
+        async with open_store(settings.data_dir) if create else _open_existing_store(settings) as store:
+            yield UserAdministration(store, hasher, auth_policy(settings))
     finally:
-        hasher.close()
-    return user.id
+        await asyncio.to_thread(hasher.close)
+
+
+async def _create_user(settings: Settings, creation: UserCreation) -> User:
+    async with _administration(settings, create=True) as users:
+        return await users.create(creation, via=VIA)
 
 
 def _open_existing_store(settings: Settings) -> AbstractAsyncContextManager[SqliteUserStore]:
@@ -571,20 +573,6 @@ def _scopes(scope: Sequence[str]) -> str:
     return ",".join(scope)
 
 
-def _user_json(user: User) -> dict[str, Any]:
-    """A user as GET /user shows one, plus when it was created; never the password hash."""
-    return {
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "scope": list(user.scope),
-        "plan": user.plan,
-        "isActive": user.is_active,
-        "created": _iso(admin.created_at(user)),
-        "metadata": user.metadata,
-    }
-
-
 def _user_table(users: Sequence[User]) -> str:
     rows = [
         [
@@ -594,15 +582,11 @@ def _user_table(users: Sequence[User]) -> str:
             _scopes(user.scope),
             user.plan,
             "yes" if user.is_active else "no",
-            _iso(admin.created_at(user)),
+            iso_ms(user.created),
         ]
         for user in users
     ]
     return _table(["ID", "USERNAME", "EMAIL", "SCOPE", "PLAN", "ACTIVE", "CREATED"], rows)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

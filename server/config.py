@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class Settings:
     keepalive_timeout: int = 15
     password_min_length: int = 6
     default_plan: str = "free"
+    default_user_vendor: tuple[str, ...] = ()
     log_level: str = "info"
     # Where each value came from ("default", "file", "env", "flag"), for operators' diagnostics.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -99,6 +101,7 @@ _DEFAULT_TEXT = {
     "metrics_token": "empty (none)",
     "max_connections": "auto",
     "keepalive_timeout": "15s",
+    "default_user_vendor": "empty (none)",
 }
 
 
@@ -202,6 +205,33 @@ def parse_scopes(value: Any) -> tuple[str, ...]:
         if not SCOPE_PATTERN.fullmatch(scope):
             raise ValueError(f"{scope!r} is not a valid scope name (letters, digits and _ . : - only)")
     return scopes
+
+
+VENDOR_MAX_CHARS = 128
+# Control, format (invisible), surrogate, private-use and unassigned code points and line separators, as for
+# usernames: a vendor name is shown to people and compared exactly.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def vendor_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a vendor name (1 to 128 characters, no surrounding white space, nothing
+    invisible), or None when it can; the one rule for DEFAULT_USER_VENDOR and the admin calls."""
+    if not name or name != name.strip():
+        return f"{name!r} is not a vendor name: it must not be empty or start or end with white space"
+    if len(name) > VENDOR_MAX_CHARS:
+        return f"a vendor name is at most {VENDOR_MAX_CHARS} characters long"
+    if any(unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in name):
+        return f"{name!r} is not a vendor name: it holds a control or invisible character"
+    return None
+
+
+def parse_vendors(value: Any) -> tuple[str, ...]:
+    """A comma-separated string (or, in the file, a list) of vendor names; empty means none."""
+    vendors = tuple(dict.fromkeys(_comma_list(value, "vendor names")))
+    for vendor in vendors:
+        if problem := vendor_name_problem(vendor):
+            raise ValueError(problem)
+    return vendors
 
 
 def parse_networks(value: Any) -> tuple[IPNetwork, ...]:
@@ -328,6 +358,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("password_min_length", _int_between(6, 72), "Minimum password length in characters (6 to 72)."),
     Option("default_plan", _text, "Plan given to new users."),
+    Option(
+        "default_user_vendor",
+        parse_vendors,
+        "Vendor names given to new users (signup and create-user), comma-separated; empty gives none.",
+    ),
     Option("log_level", _log_level, "Lowest level logged: debug, info, warning or error."),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}

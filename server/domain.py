@@ -13,13 +13,18 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── InvalidEmail (400 invalid_email)
     │   ├── PasswordTooShort (400 password_too_short)
     │   ├── PasswordTooLong (400 password_too_long)
+    │   ├── InvalidParameter (400 invalid_parameter)
     │   └── InvalidForwardedFor (400 invalid_forwarded_for)
     ├── AuthenticationRequired (401 authentication_required)
     │   └── InvalidToken (401 invalid_token)
     ├── InsufficientScope (403 insufficient_scope)
     ├── InvalidCredentials (403 invalid_credentials)
+    ├── NotFound (404 not_found)
+    │   ├── NoSuchUser (404 user_not_found)
+    │   └── NoSuchDeleteTicket (404 delete_ticket_not_found)
     ├── Conflict (409 conflict)
     │   ├── LastAdmin (409 last_admin)
+    │   ├── AmbiguousUser (409 user_ambiguous)
     │   ├── UsernameTaken (409 username_taken)
     │   │   └── UsernameConfusable (409 username_confusable)
     │   ├── EmailTaken (409 email_taken)
@@ -207,6 +212,12 @@ class PasswordTooLong(InvalidRequest):
     code = "password_too_long"
 
 
+class InvalidParameter(InvalidRequest):
+    """A query parameter is malformed, or names a field the call does not know; the message names it."""
+
+    code = "invalid_parameter"
+
+
 class InvalidForwardedFor(InvalidRequest):
     """A trusted proxy sent an X-Forwarded-For header that does not parse as a list of IP addresses."""
 
@@ -253,6 +264,26 @@ class InvalidCredentials(MixauthError):
     default_message = "Invalid username, email or password."
 
 
+class NotFound(MixauthError):
+    status = 404
+    code = "not_found"
+    default_message = "No resource matches this path."
+
+
+class NoSuchUser(NotFound):
+    """No user has the id, username or email named (the admin calls and the command line)."""
+
+    code = "user_not_found"
+    default_message = "No user matches."
+
+
+class NoSuchDeleteTicket(NotFound):
+    """No delete ticket has this id for this user (never made, or forgotten after its retention)."""
+
+    code = "delete_ticket_not_found"
+    default_message = "No delete ticket has this id for this user."
+
+
 class Conflict(MixauthError):
     status = 409
     code = "conflict"
@@ -264,6 +295,16 @@ class LastAdmin(Conflict):
 
     code = "last_admin"
     default_message = "This is the last user with the admin scope: the change would leave no admin."
+
+
+class AmbiguousUser(Conflict):
+    """A name an operator gave is one user's username and another's email (or id): refused, not guessed."""
+
+    code = "user_ambiguous"
+
+    def __init__(self, identifier: str, user_ids: Sequence[str]) -> None:
+        super().__init__(f"{identifier!r} matches more than one user ({', '.join(user_ids)}); name the user by id")
+        self.identifier = identifier
 
 
 class UsernameTaken(Conflict):

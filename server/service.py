@@ -6,7 +6,9 @@ log event per auth event, and raises domain errors only; it knows nothing of HTT
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
@@ -32,7 +34,7 @@ from server.domain import (
     UserStore,
 )
 from server.hashing import PasswordHasher
-from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_key, identifier_key
+from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_key, identifier_key, new_user_id
 
 log = structlog.get_logger("mixauth.auth")
 
@@ -86,6 +88,7 @@ class AuthPolicy:
     create_scopes: frozenset[str] = frozenset()
     password_min_length: int = 6
     default_plan: str = "free"
+    default_vendor: tuple[str, ...] = ()
 
     @property
     def signup_bypass_scopes(self) -> frozenset[str]:
@@ -281,9 +284,13 @@ async def register_user(
         )
         metadata = validation.optional_metadata(body)
         password_hash = await hasher.hash(password)
-        user = await store.add(
-            build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
+        new_user = build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
+        # ``created`` in milliseconds (the id holds whole seconds), so users made in one second sort in order.
+        now = time.time()
+        new_user = dataclasses.replace(
+            new_user, id=new_user_id(now), created=int(now * 1000), vendor=policy.default_vendor
         )
+        user = await store.add(new_user)
     except MixauthError as exc:
         emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)
         raise

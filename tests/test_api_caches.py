@@ -11,10 +11,9 @@ from typing import Any
 
 import jwt
 
-from server import admin
-from server.domain import User
+from server.domain import User, UserChanges
 from server.storage.sqlite import open_store
-from server.web.keys import STORE
+from server.web.keys import STORE, USERS
 from tests.conftest import JWT_SECRET, ClientFactory, FakeClock, bearer, create_admin, sign_up
 
 
@@ -39,10 +38,10 @@ async def test_a_scope_change_through_the_server_is_seen_on_the_next_request(mak
     user = await remembered(client, token)
     body = {"username": "new", "email": "new@example.com", "password": "new-password"}
     assert (await client.post("/user", json=body, headers=bearer(token))).status == 403
-    await admin.change_scope(client.app[STORE], user, ["provisioner"], via="test")
+    await client.app[USERS].set_scope(user.id, ["provisioner"], via="test")
     assert (await current_user(client, token))[1]["scope"] == ["provisioner"]
     assert (await client.post("/user", json=body, headers=bearer(token))).status == 200
-    await admin.change_scope(client.app[STORE], user, ["user"], via="test")
+    await client.app[USERS].set_scope(user.id, ["user"], via="test")
     body = {"username": "newer", "email": "newer@example.com", "password": "new-password"}
     assert (await client.post("/user", json=body, headers=bearer(token))).status == 403
 
@@ -60,7 +59,7 @@ async def test_a_deleted_user_is_refused_on_the_next_request(make_client: Client
     client = await make_client()
     token = await sign_up(client)
     user = await remembered(client, token)
-    await admin.remove_user(client.app[STORE], user, via="test")
+    await client.app[USERS].delete(user.id, via="test")
     status, body = await current_user(client, token)
     assert status == 401
     assert body["code"] == "invalid_token"
@@ -89,10 +88,10 @@ async def test_a_change_from_another_process_is_seen_within_a_second(
     token = await sign_up(client)
     user = await remembered(client, token)
     async with open_store(settings.data_dir) as other:  # its own connections, as the command line has
-        await admin.change_scope(other, user, ["user", "billing"], via="cli")
+        await other.update(user.id, UserChanges(scope=("user", "billing")))
     clock.advance(1.0)
     assert (await current_user(client, token))[1]["scope"] == ["user", "billing"]
     async with open_store(settings.data_dir) as other:
-        await admin.remove_user(other, user, via="cli")
+        await other.delete(user.id)
     clock.advance(1.0)
     assert (await current_user(client, token))[0] == 401

@@ -10,10 +10,9 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.admin import find_user
 from server.domain import UsernameConfusable
 from server.security import new_user_id
-from server.web.keys import SERVICE, STORE
+from server.web.keys import SERVICE, USERS
 from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, admin_token, bearer, create_admin, sign_up
 
 
@@ -322,6 +321,6 @@ async def test_the_command_line_path_refuses_a_confusable_username(client: TestC
 
 async def test_the_command_line_finds_a_user_by_either_spelling_of_an_idn_email(client: TestClient[Any, Any]) -> None:
     await sign_up(client, username="idn", email=IDN_U_LABEL)
-    store = client.app[STORE]
-    assert (await find_user(store, IDN_A_LABEL)).username == "idn"
-    assert (await find_user(store, "IDN@B\u00dcCHER.EXAMPLE")).username == "idn"
+    users = client.app[USERS]
+    assert (await users.find(IDN_A_LABEL)).username == "idn"
+    assert (await users.find("IDN@B\u00dcCHER.EXAMPLE")).username == "idn"

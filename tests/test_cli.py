@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from server.cli import main
 from server.config import OPTIONS, Settings
 from server.security import USER_ID_PATTERN, check_password, password_bytes
 from server.storage.sqlite import DATABASE_FILE, open_store
-from tests.conftest import JWT_SECRET, PASSWORD, FakeClock, bearer, free_port, sign_up
+from tests.conftest import JWT_SECRET, PASSWORD, FakeClock, bearer, create_admin, free_port, sign_up
 from tests.process import base_env
 from tests.test_store_sqlite import new_user
 
@@ -361,16 +362,17 @@ def test_list_users_prints_a_table_in_id_order(tmp_path: Path, capsys: pytest.Ca
         assert email == f"{username}@example.com"
         assert scope == ("admin,user" if username == "alice" else "user")
         assert (plan, active) == ("free", "no")
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", created)
         assert header.index("SCOPE") == row.index(scope)  # the columns line up
     assert "$2b$" not in out
 
 
-def test_list_users_json_is_one_array_of_users_without_hashes(
+def test_list_users_json_is_one_array_of_user_objects_without_hashes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Each user as the admin API's user object (server.views.user_object), with the configured vendor."""
     user_id = create(tmp_path, capsys, "alice", "admin,user")
-    assert run(["list-users", "--json"], tmp_path) == 0
+    assert run(["list-users", "--json"], tmp_path, DEFAULT_USER_VENDOR="acme, beta") == 0
     out, err = capsys.readouterr()
     assert err == ""
     (user,) = json.loads(out)
@@ -382,9 +384,14 @@ def test_list_users_json_is_one_array_of_users_without_hashes(
         "scope": ["admin", "user"],
         "plan": "free",
         "isActive": False,
-        "metadata": None,
+        "vendor": [],  # made before DEFAULT_USER_VENDOR was set
+        "metadata": {},
     }
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", created)
+    assert created[:19] == datetime.fromtimestamp(int(user_id[:8], 16), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    argv = ["create-user", "--username", "bob", "--email", "bob@example.com", "--password-stdin"]
+    assert run(argv, tmp_path, DEFAULT_USER_VENDOR="acme, beta") == 0
+    assert stored(tmp_path, "bob").vendor == ("acme", "beta")
 
 
 def test_list_users_of_no_users(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -398,7 +405,7 @@ def test_list_users_of_no_users(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_list_users_filters_by_scope(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     admin = create(tmp_path, capsys, "root", "admin,user")
     create(tmp_path, capsys, "alice", "user")
-    create(tmp_path, capsys, "near", "admin:read")
+    create(tmp_path, capsys, "near", "admin-read")
     assert run(["list-users", "--scope", "admin", "--json"], tmp_path) == 0
     assert [user["id"] for user in json.loads(capsys.readouterr().out)] == [admin]
 
@@ -449,13 +456,16 @@ def test_set_password_replaces_the_password(tmp_path: Path, capsys: pytest.Captu
     user_id = create(tmp_path, capsys, "alice")
     assert run(["set-password", "ALICE@example.com", "--password-stdin"], tmp_path, stdin="new-secret-9\n") == 0
     out, err = capsys.readouterr()
-    assert out == f"password changed for {user_id} (alice)\n"
+    assert out == f"password changed for {user_id} (alice); their tokens are revoked\n"
     user = stored(tmp_path, "alice")
+    assert user.token_version == 1  # every token issued before is refused
     assert user.password_hash.startswith("$2b$04$")  # BCRYPT_ROUNDS
     assert check_password(password_bytes("new-secret-9"), user.password_hash)
     assert not check_password(password_bytes(PASSWORD), user.password_hash)
     assert [(event["event"], event["user_id"], event["via"]) for event in log_events(err)] == [
-        ("user.password_changed", user_id, "cli")
+        ("user.updated", user_id, "cli"),
+        ("user.password_changed", user_id, "cli"),
+        ("tokens.revoked", user_id, "cli"),
     ]
     assert "new-secret-9" not in out + err
     assert user.password_hash not in out + err
@@ -497,7 +507,8 @@ def test_set_scope_replaces_the_scopes(tmp_path: Path, capsys: pytest.CaptureFix
     out, err = capsys.readouterr()
     assert out == f"scope of {user_id} (alice): user -> admin,user\n"
     assert stored(tmp_path, "alice").scope == ("admin", "user")
-    (event,) = log_events(err)
+    updated, event = log_events(err)
+    assert (updated["event"], updated["fields"]) == ("user.updated", ["scope"])
     assert event["event"] == "user.scope_changed"
     assert (event["user_id"], event["scope"], event["previous_scope"], event["via"]) == (
         user_id,
@@ -524,6 +535,42 @@ def test_delete_user_deletes_at_once_and_frees_the_name(tmp_path: Path, capsys: 
     assert run(["delete-user", "alice"], tmp_path) == 1
     assert_one_error_line(capsys, "no user matches 'alice'")
     assert create(tmp_path, capsys, "alice") != user_id
+
+
+# The rules the admin API shares (server.users): the last-admin guard, scope names.
+
+
+def test_the_last_admin_keeps_admin_and_is_not_deleted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = create(tmp_path, capsys, "root", "admin,user")
+    assert run(["set-scope", "root", "--scope", "user"], tmp_path) == 1
+    assert_one_error_line(capsys, "last user with the admin scope")
+    assert run(["delete-user", "root"], tmp_path) == 1
+    assert_one_error_line(capsys, "last user with the admin scope")
+    assert stored(tmp_path, "root").scope == ("admin", "user")
+    create(tmp_path, capsys, "second", "admin")
+    assert run(["set-scope", "root", "--scope", "user"], tmp_path) == 0
+    assert capsys.readouterr().out == f"scope of {root} (root): admin,user -> user\n"
+    assert run(["delete-user", "second"], tmp_path) == 1
+    assert_one_error_line(capsys, "last user with the admin scope")
+
+
+@pytest.mark.parametrize("scope", ["Admin", "admin:read", "user,acme.x"])
+def test_scope_names_follow_the_admin_apis_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str], scope: str) -> None:
+    create(tmp_path, capsys, "alice")
+    assert run(["set-scope", "alice", "--scope", scope], tmp_path) == 1
+    assert_one_error_line(capsys, "is not a valid scope name (1 to 64 of a-z, 0-9, _ and - only)")
+    argv = ["create-user", "--username", "bob", "--email", "bob@example.com", "--scope", scope, "--password-stdin"]
+    assert run(argv, tmp_path) == 1
+    assert_one_error_line(capsys, "is not a valid scope name")
+    assert stored(tmp_path, "bob") is None
+
+
+def test_set_password_revokes_every_token_each_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    create(tmp_path, capsys, "alice")
+    for version in (1, 2):
+        assert run(["set-password", "alice", "--password-stdin"], tmp_path, stdin=f"new-secret-{version}\n") == 0
+        capsys.readouterr()
+        assert stored(tmp_path, "alice").token_version == version
 
 
 # check-config
@@ -749,6 +796,7 @@ async def test_commands_work_on_the_data_of_a_running_server(
     new = await client.post("/user/auth", json={"username": "carol", "password": "brand-new-pass"})
     assert new.status == 200
 
+    await create_admin(client)  # carol is not the last admin, whom no command deletes
     await cli("delete-user", "carol")
     response = await client.get("/user", headers=bearer(carol))
     assert response.status == 401

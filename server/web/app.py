@@ -25,6 +25,7 @@ from server.service import UNOBSERVED, AuthPolicy, AuthService
 from server.storage.cached import CachedUserStore
 from server.storage.secret import load_or_create_secret
 from server.storage.sqlite import open_store
+from server.users import UserAdministration
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
 from server.web.connection import serve_json_errors
@@ -36,6 +37,7 @@ from server.web.keys import (
     SERVICE,
     STORE,
     TRUSTED_PROXIES,
+    USERS,
 )
 from server.web.middleware import bearer_auth, error_mapping, request_context
 from server.web.routes import add_routes, api_routes
@@ -71,6 +73,7 @@ def auth_policy(settings: Settings) -> AuthPolicy:
         create_scopes=frozenset(settings.api_user_create_scope),
         password_min_length=settings.password_min_length,
         default_plan=settings.default_plan,
+        default_vendor=settings.default_user_vendor,
     )
 
 
@@ -113,6 +116,9 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
                     limiter=limiter,
                     policy=auth_policy(settings),
                     observer=metrics if metrics is not None else UNOBSERVED,
+                )
+                app[USERS] = UserAdministration(
+                    store, hasher, auth_policy(settings), metrics or UNOBSERVED, wall_clock=wall_clock
                 )
                 if metrics is not None:
                     _watch(metrics, limiter, hasher, tokens, store)

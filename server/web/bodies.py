@@ -91,13 +91,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def json_response(data: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Mapping[str, Any] | list[Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=_dumps(data), status=status, headers=headers, content_type="application/json", charset="utf-8"
     )
 
 
-def _dumps(data: Mapping[str, Any]) -> bytes:
+def _dumps(data: Mapping[str, Any] | list[Any]) -> bytes:
     # orjson is about ten times faster than the standard library, but refuses integers beyond 64 bits,
     # which a user's metadata may hold (the request parser accepts them); those take the slow road.
     try:

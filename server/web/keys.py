@@ -11,6 +11,7 @@ from server.config import IPNetwork
 from server.domain import Principal, UserStore
 from server.metrics import Metrics
 from server.service import AuthService
+from server.users import UserAdministration
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ OPEN = Requirement()
 
 SERVICE = web.AppKey("service", AuthService)
 STORE = web.AppKey("store", UserStore)
+USERS = web.AppKey("users", UserAdministration)
 METRICS = web.AppKey("metrics", Metrics)
 # The bearer token GET /metrics asks for, in UTF-8; absent when none is configured.
 METRICS_TOKEN = web.AppKey("metrics_token", bytes)

@@ -12,7 +12,9 @@ from typing import Any
 
 from server import __version__
 from server.security import BCRYPT_MAX_BYTES
+from server.users import PLAN_MAX_CHARS, SCOPE_NAME_PATTERN
 from server.validation import EMAIL_MAX_CHARS, USERNAME_MAX_CHARS
+from server.web.user_requests import MAX_LIMIT, MAX_OFFSET
 
 # White space as Python's str.strip() sees it (str.isspace), spelled out so that ECMA-262 and Python regex
 # engines read the class alike (their \s differ). A test checks it against str.isspace for every code point.
@@ -76,6 +78,267 @@ _OVERLOADED = {"503": _error("Password hashing is saturated; the request was ref
 _STRING = {"type": "string"}
 _USER_ID = {"type": "string", "pattern": "^[0-9a-f]{24}$"}
 _TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"}
+
+# Users, for admins (GET/PUT/DELETE /users..., POST /user/reset-password): admin means a valid token whose user
+# holds the admin scope now.
+_ADMIN_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+_ADMIN_DENIED = {
+    "401": _error("No token, or an invalid, expired or revoked one.", _CHALLENGE),
+    "403": _error("The token's user does not hold the admin scope."),
+}
+_NO_USER = {"404": _error("No user has this id (also for a malformed id): code user_not_found.")}
+_USER_ID_PARAMETER = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The user's id (24 lower-case hex characters; anything else is a 404).",
+    "schema": _STRING,
+}
+_FILTER_PATTERN = r"^(?:(?:scope|plan|vendor):[\s\S]{1,256}|isActive:(?:true|false))$"
+_LISTING_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "filter",
+        "in": "query",
+        "description": "FIELD:VALUE, repeatable, all must hold. scope:S and vendor:V match users holding that name;"
+        " plan:P matches the plan exactly; isActive:true|false. The value is all after the first colon.",
+        "schema": {
+            "type": "array",
+            "items": {
+                "type": "string",
+                "pattern": _FILTER_PATTERN,
+            },
+        },
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "pattern",
+        "in": "query",
+        "description": "A literal, case-insensitive substring of the username (matched against its NFKC, case-folded"
+        " key); never a regular expression or a LIKE pattern: % and _ are plain characters.",
+        "schema": {"type": "string", "maxLength": 4 * USERNAME_MAX_CHARS},
+    },
+]
+_PAGING_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "sort",
+        "in": "query",
+        "description": "FIELD:1 (ascending) or FIELD:-1; usernames and emails compare by their case-insensitive keys;"
+        " ties are broken by id, ascending. Default created:-1.",
+        "schema": {"type": "string", "pattern": "^(?:created|username|email):-?1$"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "Page size (default 100).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    },
+    {
+        "name": "offset",
+        "in": "query",
+        "description": "Users to skip (default 0); past the end, an empty page.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+    },
+]
+_BAD_PARAMETER = {"400": _error("A malformed filter, pattern, sort, limit or offset (the message names it).")}
+_TRIMMED_VENDOR = r"^[^\s](?:[\s\S]{0,126}[^\s])?$"
+
+_USER_ADMIN_PATHS: dict[str, Any] = {
+    "/users": {
+        "get": {
+            "operationId": "listUsers",
+            "summary": "Users, filtered, sorted and paged (admin).",
+            "security": _ADMIN_SECURITY,
+            "parameters": [*_LISTING_PARAMETERS, *_PAGING_PARAMETERS],
+            "responses": {
+                "200": _json(
+                    {"type": "array", "items": _ref("UserObject")},
+                    "One page of users.",
+                    {
+                        "X-Total-Count": _header(
+                            "How many users match, ignoring limit and offset.", {"type": "integer", "minimum": 0}
+                        )
+                    },
+                ),
+                **_BAD_PARAMETER,
+                **_ADMIN_DENIED,
+            },
+        }
+    },
+    "/users/count": {
+        "get": {
+            "operationId": "countUsers",
+            "summary": "How many users match the filters and pattern (admin).",
+            "security": _ADMIN_SECURITY,
+            "parameters": _LISTING_PARAMETERS,
+            "responses": {
+                "200": _json(_ref("Count"), "The count."),
+                **_BAD_PARAMETER,
+                **_ADMIN_DENIED,
+            },
+        }
+    },
+    "/users/{id}": {
+        "get": {
+            "operationId": "getUserById",
+            "summary": "One user (admin).",
+            "security": _ADMIN_SECURITY,
+            "parameters": [_USER_ID_PARAMETER],
+            "responses": {
+                "200": _json(_ref("UserObject"), "The user."),
+                **_PROXY_ERROR,
+                **_ADMIN_DENIED,
+                **_NO_USER,
+            },
+        },
+        "put": {
+            "operationId": "updateUser",
+            "summary": "Change a user (admin); a password set here revokes the user's tokens.",
+            "security": _ADMIN_SECURITY,
+            "parameters": [_USER_ID_PARAMETER],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("UpdateUserRequest")}}},
+            "responses": {
+                "200": _json(_ref("UserObject"), "The user as now stored."),
+                **_BODY_ERRORS,
+                **_ADMIN_DENIED,
+                **_NO_USER,
+                "409": _error(
+                    "The username or email is taken (username_taken, email_taken), the username looks like a taken"
+                    " one (username_confusable), or the change would leave no admin (last_admin)."
+                ),
+                **_OVERLOADED,
+            },
+        },
+        "delete": {
+            "operationId": "deleteUser",
+            "summary": "Delete a user at once, revoking their tokens (admin).",
+            "security": _ADMIN_SECURITY,
+            "parameters": [_USER_ID_PARAMETER],
+            "responses": {
+                "200": _json(_ref("DeleteTicket"), "Deleted; the ticket's status says so."),
+                **_PROXY_ERROR,
+                **_ADMIN_DENIED,
+                **_NO_USER,
+                "409": _error("The user is the last one holding the admin scope (last_admin)."),
+            },
+        },
+    },
+    "/users/{id}/delete-status/{ticket}": {
+        "get": {
+            "operationId": "getDeleteStatus",
+            "summary": "How a deletion went (admin); tickets are kept at least 24 hours.",
+            "security": _ADMIN_SECURITY,
+            "parameters": [
+                _USER_ID_PARAMETER,
+                {"name": "ticket", "in": "path", "required": True, "schema": _STRING},
+            ],
+            "responses": {
+                "200": _json(_ref("DeleteStatus"), "The deletion's progress."),
+                **_PROXY_ERROR,
+                **_ADMIN_DENIED,
+                "404": _error("No ticket has this id for this user (delete_ticket_not_found)."),
+            },
+        }
+    },
+    "/user/reset-password": {
+        "post": {
+            "operationId": "resetPassword",
+            "summary": "Set the password of the user with this email, revoking their tokens (admin).",
+            "security": _ADMIN_SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ResetPasswordRequest")}},
+            },
+            "responses": {
+                "200": _json({"type": "object", "maxProperties": 0}, "Done."),
+                **_BODY_ERRORS,
+                **_ADMIN_DENIED,
+                "404": _error("No user has this email (user_not_found)."),
+                **_OVERLOADED,
+            },
+        }
+    },
+}
+
+_PASSWORD_SCHEMA = {
+    **_STRING,
+    "minLength": 6,
+    "description": "At least 6 characters (PASSWORD_MIN_LENGTH raises it) and at most"
+    f" {BCRYPT_MAX_BYTES} bytes in UTF-8, both after NFKC normalisation.",
+}
+_USER_ADMIN_SCHEMAS: dict[str, Any] = {
+    "UserObject": {
+        "type": "object",
+        "required": ["id", "username", "email", "isActive", "scope", "plan", "vendor", "metadata", "created"],
+        "additionalProperties": False,
+        "properties": {
+            "id": _USER_ID,
+            "username": _STRING,
+            "email": _STRING,
+            "isActive": {"type": "boolean"},
+            "scope": {"type": "array", "items": _STRING},
+            "plan": _STRING,
+            "vendor": {"type": "array", "items": _STRING},
+            "metadata": {"type": "object"},
+            "created": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"},
+        },
+    },
+    "Count": {
+        "type": "object",
+        "required": ["count"],
+        "additionalProperties": False,
+        "properties": {"count": {"type": "integer", "minimum": 0}},
+    },
+    "UpdateUserRequest": {
+        "type": "object",
+        "description": "Any of these fields, at least one; any other field is refused (400 naming it). The signup"
+        " rules apply to username, email and password.",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "scope": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "pattern": SCOPE_NAME_PATTERN.pattern},
+            },
+            "vendor": {
+                "description": "A vendor name or a list of them (empty clears); each 1 to 128 characters, without"
+                " surrounding white space or invisible characters.",
+                "oneOf": [
+                    {"type": "string", "pattern": _TRIMMED_VENDOR},
+                    {"type": "array", "items": {"type": "string", "pattern": _TRIMMED_VENDOR}},
+                ],
+            },
+            "metadata": {"type": "object", "description": "Replaces the stored object ({} clears it)."},
+            "email": {**_STRING, "format": "email", "pattern": trimmed_length_pattern(EMAIL_MAX_CHARS)},
+            "username": {**_STRING, "pattern": trimmed_length_pattern(USERNAME_MAX_CHARS)},
+            "password": _PASSWORD_SCHEMA,
+            "isActive": {"type": "boolean"},
+            "plan": {**_STRING, "pattern": trimmed_length_pattern(PLAN_MAX_CHARS)},
+        },
+    },
+    "ResetPasswordRequest": {
+        "type": "object",
+        "required": ["email", "password"],
+        "properties": {"email": _STRING, "password": _PASSWORD_SCHEMA},
+    },
+    "DeleteTicket": {
+        "type": "object",
+        "required": ["ticket"],
+        "additionalProperties": False,
+        "properties": {"ticket": {"type": "string", "format": "uuid"}},
+    },
+    "DeleteStatus": {
+        "type": "object",
+        "required": ["status", "stepsDone", "stepsTotal"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "enum": ["in-progress", "completed", "failed"]},
+            "stepsDone": {"type": "integer", "minimum": 0},
+            "stepsTotal": {"type": "integer", "minimum": 0},
+        },
+    },
+}
 
 OPENAPI_DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -169,6 +432,7 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        **_USER_ADMIN_PATHS,
     },
     "components": {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -259,6 +523,7 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {"token": _TOKEN},
             },
+            **_USER_ADMIN_SCHEMAS,
             "Error": {
                 "type": "object",
                 "required": ["error", "message", "statusCode", "code"],

@@ -21,11 +21,14 @@ from aiohttp.typedefs import Handler
 
 from server.config import Settings
 from server.service import ADMIN_SCOPE
-from server.web import handlers
+from server.web import admin_handlers, handlers
 from server.web.keys import ACCESS_RULES, OPEN, Requirement
 
 AUTHENTICATED = Requirement(authenticated=True)
 ADMIN = Requirement(authenticated=True, scopes=frozenset({ADMIN_SCOPE}))
+# Any segment but "count": /users/count is its own resource, and another method on it (OPTIONS, PUT) must
+# answer 405 with its own Allow, not be taken for a user id. A malformed id still reaches the handler (404).
+USER_PATH = "/users/{id:(?!count$)[^/]+}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,14 @@ def api_routes(settings: Settings) -> list[Route]:
             Requirement(scopes=frozenset(settings.api_user_create_scope)),
         ),
         Route("GET", "/user", handlers.get_user, "get_user", AUTHENTICATED),
+        # Users, for admins.
+        Route("GET", "/users", admin_handlers.list_users, "list_users", ADMIN),
+        Route("GET", "/users/count", admin_handlers.count_users, "count_users", ADMIN),
+        Route("GET", USER_PATH, admin_handlers.get_user_by_id, "get_user_by_id", ADMIN),
+        Route("PUT", USER_PATH, admin_handlers.update_user, "update_user", ADMIN),
+        Route("DELETE", USER_PATH, admin_handlers.delete_user, "delete_user", ADMIN),
+        Route("GET", "/users/{id}/delete-status/{ticket}", admin_handlers.delete_status, "delete_status", ADMIN),
+        Route("POST", "/user/reset-password", admin_handlers.reset_password, "reset_password", ADMIN),
     ]
     if settings.metrics_enabled and settings.metrics_port is None:
         routes.append(Route("GET", "/metrics", handlers.get_metrics, "metrics", Requirement(own_bearer=True)))
