@@ -27,7 +27,6 @@ still decide, should a user be added in between.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from server.domain import (
     User,
     UserStore,
 )
+from server.jsontext import TooDeep, loads_strict
 from server.security import email_key, identifier_key, username_skeleton
 from server.views import user_object
 
@@ -150,45 +150,14 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise MalformedBody("The line is not UTF-8 text.") from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-        if validation.nested_deeper_than(document, MAX_JSON_DEPTH):
-            raise MalformedBody(f"The line's JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
-        _check_text(document)
-    except RecursionError:
+        document = loads_strict(text, MAX_JSON_DEPTH)
+    except TooDeep:
         raise MalformedBody(f"The line's JSON is nested more than {MAX_JSON_DEPTH} levels deep.") from None
-    except (UnicodeError, ValueError) as exc:
-        if isinstance(exc, MalformedBody):
-            raise
+    except ValueError:
         raise MalformedBody("The line is not valid JSON.") from None
     if not isinstance(document, dict):
         raise BodyNotAnObject("The line is not a JSON object.")
     return document
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("not a finite number")
-    return value
-
-
-def _check_text(value: object) -> None:
-    """Refuse strings that are not valid Unicode (lone surrogates from \\ud800-style escapes)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            item.encode("utf-8")
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                key.encode("utf-8")
-                pending.append(child)
-        elif isinstance(item, list):
-            pending.extend(item)
 
 
 def _required_string(document: Mapping[str, Any], name: str) -> str:

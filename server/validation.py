@@ -25,6 +25,7 @@ from server.domain import (
     PasswordTooLong,
     PasswordTooShort,
 )
+from server.jsontext import nested_deeper_than
 from server.security import BCRYPT_MAX_BYTES, email_key, identifier_key, password_bytes
 from server.security import EMAIL_MAX_CHARS as EMAIL_MAX_CHARS  # part of the field rules, kept with the key
 
@@ -91,26 +92,6 @@ def optional_metadata(body: Mapping[str, Any], name: str = "metadata") -> dict[s
     if size > METADATA_MAX_BYTES:
         raise InvalidField(f"The {name} must be at most {METADATA_MAX_BYTES} bytes long as JSON.")
     return value
-
-
-def nested_deeper_than(value: object, limit: int) -> bool:
-    """Whether objects and arrays in ``value`` nest more than ``limit`` levels (``value`` itself is level 1).
-
-    Iterative, so no depth can exhaust the stack, and it stops at the first level too deep.
-    """
-    pending: list[tuple[object, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
 
 
 def optional_identifier(body: Mapping[str, Any], name: str) -> str | None:

@@ -21,6 +21,7 @@ from server.domain import (
     PasswordTooLong,
     PasswordTooShort,
 )
+from server.jsontext import nested_deeper_than
 from server.validation import (
     EMAIL_MAX_CHARS,
     METADATA_MAX_BYTES,
@@ -31,7 +32,6 @@ from server.validation import (
     clean_email,
     clean_new_password,
     clean_username,
-    nested_deeper_than,
     optional_metadata,
     optional_object,
     optional_string,

@@ -225,27 +225,7 @@ class SqliteUserStore:
     async def add(self, user: NewUser) -> User:
         stored = user.as_user()
         try:
-            await self._writer.execute(
-                "INSERT INTO users (id, username, username_key, username_skeleton, email, email_key, password_hash,"
-                " scope, plan, metadata, vendor, created_ms, is_active, token_version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    user.id,
-                    user.username,
-                    user.username_key,
-                    user.username_skeleton,
-                    user.email,
-                    user.email_key,
-                    user.password_hash,
-                    json.dumps(list(user.scope)),
-                    user.plan,
-                    None if user.metadata is None else json.dumps(user.metadata),
-                    json.dumps(list(stored.vendor)),
-                    stored.created,
-                    int(stored.is_active),
-                    stored.token_version,
-                ),
-            )
+            await self._writer.execute(_INSERT_ONE, _insert_row(user, stored))
         except sqlite3.IntegrityError as exc:
             raise await self._taken(exc, user.username_key) from None
         return stored
@@ -432,6 +412,7 @@ _INSERT_COLUMNS = (
     "id, username, username_key, username_skeleton, email, email_key, password_hash,"
     " scope, plan, metadata, vendor, created_ms, is_active, token_version"
 )
+_INSERT_ONE = f"INSERT INTO users ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 14)})"  # noqa: S608 - constants only
 _INSERT_MANY = (
     f"INSERT INTO users ({_INSERT_COLUMNS}) SELECT "  # noqa: S608 - constants only
     + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(14))

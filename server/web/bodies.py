@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from server.domain import BodyNotAnObject, MalformedBody, UnsupportedContentEncoding, UnsupportedMediaType
-from server.validation import nested_deeper_than
+from server.jsontext import TooDeep, loads_strict
 
 MAX_BODY_BYTES = 16 * 1024
 # No body the API takes nests beyond a few levels (metadata: 16 inside the body); deeper ones are refused at
@@ -26,30 +25,6 @@ def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-def _check_text(value: Any) -> None:
-    """Refuse strings that are not valid Unicode (lone surrogates from \\ud800-style escapes)."""
-    if isinstance(value, str):
-        value.encode("utf-8")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            key.encode("utf-8")
-            _check_text(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_text(item)
 
 
 def _refuse_encoded(request: web.Request) -> None:
@@ -74,18 +49,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
     raw = await request.read()  # aiohttp enforces client_max_size and answers 413 beyond it
     try:
-        body = json.loads(
-            raw.decode("utf-8"),
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
-        if nested_deeper_than(body, MAX_JSON_DEPTH):
-            raise MalformedBody(_TOO_DEEP)
-        _check_text(body)
-    except (UnicodeError, ValueError):
-        raise MalformedBody() from None
-    except RecursionError:  # the parser's own limit, about 1000 levels
+        body = loads_strict(raw.decode("utf-8"), MAX_JSON_DEPTH)
+    except TooDeep:
         raise MalformedBody(_TOO_DEEP) from None
+    except ValueError:  # not UTF-8 (UnicodeError is a ValueError), or not strict JSON
+        raise MalformedBody() from None
     if not isinstance(body, dict):
         raise BodyNotAnObject()
     return body
