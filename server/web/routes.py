@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from server.config import Settings
 from server.service import ADMIN_SCOPE
-from server.web import handlers
+from server.web import handlers, recovery_handlers
 from server.web.keys import ACCESS_RULES, OPEN, Requirement
 
 AUTHENTICATED = Requirement(authenticated=True)
@@ -52,6 +52,14 @@ def api_routes(settings: Settings) -> list[Route]:
             Requirement(scopes=frozenset(settings.api_user_create_scope)),
         ),
         Route("GET", "/user", handlers.get_user, "get_user", AUTHENTICATED),
+        Route("POST", "/user/forgot-password", recovery_handlers.forgot_password, "forgot_password", OPEN),
+        Route(
+            "POST",
+            "/user/forgot-password/reset",
+            recovery_handlers.reset_forgotten_password,
+            "reset_forgotten_password",
+            OPEN,
+        ),
     ]
     if settings.metrics_enabled and settings.metrics_port is None:
         routes.append(Route("GET", "/metrics", handlers.get_metrics, "metrics", Requirement(own_bearer=True)))
