@@ -31,6 +31,7 @@ from server.web.keys import STORE
 from server.web.webhook import BACKGROUND
 from tests.conftest import PASSWORD, ClientFactory, FakeClock, sign_up
 from tests.process import start_server
+from tests.test_openapi import Conformance, fetch_document
 
 SECRET = "webhook-secret-0123456789abcdef"
 NEW_PASSWORD = "new-pw-7d2a91"
@@ -485,6 +486,40 @@ async def test_reset_refuses_a_bad_body(client: TestClient[Any, Any], body: Any,
 async def test_malformed_and_non_object_bodies_are_400(client: TestClient[Any, Any], path: str) -> None:
     await error(await client.post(path, data=b"{", headers={"Content-Type": "application/json"}), 400, "malformed_body")
     await error(await client.post(path, json=["x"]), 400, "invalid_body")
+
+
+# The OpenAPI document
+
+
+async def test_real_answers_match_the_document(make_client: ClientFactory, receiver: tuple[Receiver, str]) -> None:
+    hook, url = receiver
+    client = await with_webhook(
+        make_client, url, user_forgot_password_rate_limit_email=1, user_forgot_password_reset_rate_limit_ip=3
+    )
+    conformance = Conformance(await fetch_document(client))
+    await sign_up(client, username="known", email=EMAIL)
+
+    async def call(path: str, **kwargs: Any) -> Any:
+        response = await client.post(path, **kwargs)
+        await conformance.check("POST", path, response)
+        return response
+
+    forgot_path, reset_path = "/user/forgot-password", "/user/forgot-password/reset"
+    await call(forgot_path, json={"email": EMAIL})  # 200
+    _, body, _ = await hook.next()
+    await client.app[BACKGROUND].wait()
+    await call(forgot_path, json={"email": EMAIL})  # 429
+    await call(forgot_path, json={})  # 400
+    await call(forgot_path, json={"email": "a@example.com"}, headers={"Authorization": "Bearer x"})  # 401
+    await call(forgot_path, data=b"x" * 20000, headers={"Content-Type": "application/json"})  # 413
+    await call(forgot_path, data=b"{}", headers={"Content-Type": "text/plain"})  # 415
+    await call(reset_path, json={"code": "wrong", "password": NEW_PASSWORD})  # 400
+    await call(reset_path, json={"code": body["code"], "password": NEW_PASSWORD})  # 200
+    await call(reset_path, json={"code": body["code"], "password": NEW_PASSWORD})  # 400 again
+    await call(reset_path, json={"code": body["code"], "password": NEW_PASSWORD})  # 429
+    expected = {("post", forgot_path, status) for status in ("200", "400", "401", "413", "415", "429")}
+    expected |= {("post", reset_path, status) for status in ("200", "400", "429")}
+    assert expected <= conformance.seen
 
 
 # Timing

@@ -69,6 +69,9 @@ def server_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
         USER_SIGNUP_RATE_LIMIT_IP=NO_LIMIT,
         USER_SIGNIN_RATE_LIMIT_ACCOUNT=NO_LIMIT,
         USER_SIGNIN_RATE_LIMIT_IP=NO_LIMIT,
+        USER_FORGOT_PASSWORD_RATE_LIMIT_EMAIL=NO_LIMIT,
+        USER_FORGOT_PASSWORD_RATE_LIMIT_IP=NO_LIMIT,
+        USER_FORGOT_PASSWORD_RESET_RATE_LIMIT_IP=NO_LIMIT,
     )
     env.update(extra)
     return env
@@ -159,6 +162,16 @@ responses = false
 include-operation-id = "createUser"
 # Rules JSON Schema cannot state (see the module docstring): a schema-valid signup may be refused with 400.
 checks.positive_data_acceptance.expected-statuses = ["200", "400", "409"]
+
+[[operations]]
+include-operation-id = "forgotPassword"
+# An address whose NFKC form is far longer than any real one (a 400) is schema-valid.
+checks.positive_data_acceptance.expected-statuses = ["200", "400"]
+
+[[operations]]
+include-operation-id = "resetForgottenPassword"
+# No generated code is a live one (400 invalid_reset_code), and the password rules are the signup's.
+checks.positive_data_acceptance.expected-statuses = ["200", "400"]
 """
 
 
