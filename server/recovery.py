@@ -186,7 +186,7 @@ class RecoveryService:
         await self._limiter.reset([(self._policy.signin_account_rule, f"id:{user.id}")])
         emit(self._observer, "info", "password_reset.completed", user_id=user.id)
         emit(self._observer, "info", "user.password_changed", user_id=user.id, via="reset")
-        emit(self._observer, "info", "tokens.revoked", user_id=user.id, via="reset", token_version=user.token_version)
+        emit(self._observer, "info", "tokens.revoked", user_id=user.id, via="reset", version=user.token_version)
 
     def _reject_reset(self, reason: str) -> NoReturn:
         emit(self._observer, "info", "password_reset.failed", reason=reason)

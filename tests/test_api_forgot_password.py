@@ -23,7 +23,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.config import Settings
+from server.cli import main
+from server.config import ConfigError, Settings, load_settings
 from server.storage.sqlite import DATABASE_FILE
 from server.views import iso_ms
 from server.web import webhook
@@ -190,6 +191,7 @@ async def test_the_code_sets_a_new_password_and_revokes_tokens(
     assert changed["user_id"] == before.id
     (revoked,) = events(log_guard, "tokens.revoked")
     assert revoked["user_id"] == before.id
+    assert revoked["version"] == before.token_version + 1
     assert not any(code in line for line in log_guard)
 
 
@@ -238,6 +240,26 @@ async def test_a_failing_receiver_changes_nothing_and_is_logged(
     ours = [line for line in log_guard if '"logger":"aiohttp.access"' not in line]
     assert not any(body["code"] in line or "receiver-credential" in line for line in ours)
     assert not any(EMAIL in line for line in log_guard if "webhook" in line or "password_reset" in line)
+
+
+async def test_shutdown_waits_for_deliveries_then_cancels_them(
+    make_client: ClientFactory,
+    receiver: tuple[Receiver, str],
+    monkeypatch: pytest.MonkeyPatch,
+    log_guard: list[str],
+) -> None:
+    hook, url = receiver
+    hook.hold = True
+    monkeypatch.setattr(webhook, "DRAIN_SECONDS", 0.05)
+    client = await with_webhook(make_client, url)
+    await sign_up(client, username="known", email=EMAIL)
+    assert (await forgot(client)).status == 200
+    await hook.next()
+    await client.server.close()  # the app's cleanup: the store is still open while the drain runs
+    assert len(client.app[BACKGROUND]) == 0
+    assert len(events(log_guard, "background.cancelled")) == 1
+    assert not events(log_guard, "background.failed")
+    hook.release.set()
 
 
 async def test_without_a_webhook_nothing_is_sent_and_start_up_warns(
@@ -486,6 +508,66 @@ async def test_reset_refuses_a_bad_body(client: TestClient[Any, Any], body: Any,
 async def test_malformed_and_non_object_bodies_are_400(client: TestClient[Any, Any], path: str) -> None:
     await error(await client.post(path, data=b"{", headers={"Content-Type": "application/json"}), 400, "malformed_body")
     await error(await client.post(path, json=["x"]), 400, "invalid_body")
+
+
+# Settings
+
+
+def test_the_settings_come_from_the_environment_and_the_secret_is_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    environ = {
+        "WEBHOOK_USER_FORGOT_PASSWORD": "https://hooks.example/forgot?key=receiver-credential",
+        "WEBHOOK_SECRET": SECRET,
+        "FORGOT_PASSWORD_LINK": "https://app.example/reset/{{code}}",
+        "FORGOT_PASSWORD_CODE_TTL": "15m",
+        "USER_FORGOT_PASSWORD_RATE_LIMIT_EMAIL": "3",
+        "USER_FORGOT_PASSWORD_RESET_RATE_LIMIT_IP_WINDOW_MS": "60000",
+    }
+    loaded = load_settings(None, environ)
+    assert loaded.webhook_user_forgot_password == environ["WEBHOOK_USER_FORGOT_PASSWORD"]
+    assert loaded.webhook_secret == SECRET
+    assert loaded.forgot_password_code_ttl == 900
+    assert loaded.user_forgot_password_rate_limit_email == 3
+    assert loaded.user_forgot_password_reset_rate_limit_ip_window_ms == 60_000
+    assert SECRET not in repr(loaded)
+    assert main(["check-config", "--json"], environ=environ) == 0
+    out, _ = capsys.readouterr()
+    shown = json.loads(out)["settings"]
+    assert SECRET not in out
+    assert "receiver-credential" not in out  # the URL's key ends in "password": shown redacted too
+    assert shown["webhook_secret"]["source"] == "env"
+    assert shown["forgot_password_link"]["value"] == "https://app.example/reset/{{code}}"
+    assert shown["forgot_password_code_ttl"]["value"] == 900
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("WEBHOOK_USER_FORGOT_PASSWORD", "ftp://hooks.example/x", "http:// or https:// URL"),
+        ("WEBHOOK_USER_FORGOT_PASSWORD", "https:///no-host", "http:// or https:// URL"),
+        ("WEBHOOK_SECRET", "short", "at least 16 bytes"),
+        ("FORGOT_PASSWORD_LINK", "https://app.example/reset", "{{code}}"),
+        ("FORGOT_PASSWORD_CODE_TTL", "0", "longer than zero"),
+        ("USER_FORGOT_PASSWORD_RATE_LIMIT_IP", "0", "between 1 and"),
+    ],
+)
+def test_bad_recovery_settings_stop_start_up_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {name: value})
+    assert str(caught.value).startswith(f"{name}: ")
+    assert says in str(caught.value)
+
+
+def test_empty_webhook_settings_mean_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    loaded = load_settings(None, {"WEBHOOK_USER_FORGOT_PASSWORD": " ", "WEBHOOK_SECRET": ""})
+    assert loaded.webhook_user_forgot_password is None
+    assert loaded.webhook_secret is None
 
 
 # The OpenAPI document

@@ -178,7 +178,7 @@ class BackgroundTasks:
     async def drained(self, _app: web.Application) -> AsyncIterator[None]:
         """A cleanup context that drains the tasks when the application stops."""
         yield
-        await self.drain()
+        await self.drain(DRAIN_SECONDS)  # read now: tests shorten it
 
     async def drain(self, grace: float = DRAIN_SECONDS) -> None:
         """Refuse new work, give the running tasks ``grace`` seconds, then cancel what is left."""
