@@ -7,11 +7,16 @@ headers, response bodies that match their schemas, schema-violating requests ref
 accepted, unsupported methods answered 405 with ``Allow``, and authentication not ignored. The run is seeded, so
 a failure reproduces; on failure the test shows schemathesis' report and the server's log.
 
-One allowance, for ``POST /user`` only: a schema-valid signup may get 400. The signup rules include some that
-JSON Schema cannot state (at most 72 bytes of UTF-8 after NFKC, the email grammar with its special-use domains,
-unassigned code points in usernames); the document states them in words and its schemas are the widest true
-statement, so schemathesis can generate requests the server rightly refuses. Everything else holds in full,
+One allowance, for ``POST /user`` (and the forgot-password calls, below): a schema-valid signup may get 400.
+The signup rules include some that JSON Schema cannot state (at most 72 bytes of UTF-8 after NFKC, the email
+grammar with its special-use domains, unassigned code points in usernames); the document states them in words
+and its schemas are the widest true statement, so schemathesis can generate requests the server rightly
+refuses. Everything else holds in full,
 including the reverse check: any request the document forbids must be refused.
+
+The same allowance holds for ``POST /user/forgot-password/reset``, whose schema-valid requests carry codes no
+one was sent (400 ``invalid_reset_code``, so schemathesis warns that it "mostly rejected generated data"), and
+``POST /user/forgot-password``, whose address may grow past every bound under NFKC.
 """
 
 from __future__ import annotations
