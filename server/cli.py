@@ -6,6 +6,8 @@
     python -m server set-password USER [--password-stdin]
     python -m server set-scope USER --scope S,...
     python -m server delete-user USER
+    python -m server export-users [--output FILE]
+    python -m server import-users FILE [--dry-run] [--on-conflict fail|skip]
     python -m server check-config [--json]
 
 Every command takes ``--config PATH`` and ``--data-dir DIR``, before or after its name. ``USER`` is an id, a
@@ -26,32 +28,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import getpass
 import io
 import json
 import os
 import sqlite3
+import stat
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
-import structlog
-from aiohttp import web
-
-from server import __version__, admin
+from server import __version__, admin, transfer
 from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
-from server.domain import MixauthError, User
+from server.domain import MixauthError, User, UserStore
 from server.hashing import PasswordHasher
 from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
+from server.progress import Progress
 from server.security import USER_ID_PATTERN
 from server.service import register_user
 from server.storage import StorageError, prepare_data_dir
 from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
-from server.web.access import AccessLog
+from server.web import serving
 from server.web.app import auth_policy, create_app
 
 T = TypeVar("T")
@@ -175,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     delete = command("delete-user", "delete a user at once, without asking; their tokens stop working")
     delete.add_argument("user", metavar="USER", type=_user_ref, help=user_help)
 
+    exporting = command(
+        "export-users", "write every user (with password hash and revocation state) as JSON Lines, in id order"
+    )
+    exporting.add_argument(
+        "--output", type=Path, metavar="FILE", help="write to FILE (mode 0600, replaced whole) instead of stdout"
+    )
+
+    importing = command(
+        "import-users", "add the users of a JSON Lines file (export-users' format, or Appmixer's user documents)"
+    )
+    importing.add_argument("file", metavar="FILE", type=Path, help="the file to read ('-' for standard input)")
+    importing.add_argument("--dry-run", action="store_true", help="check every line and the conflicts; write nothing")
+    importing.add_argument(
+        "--on-conflict",
+        choices=("fail", "skip"),
+        default="fail",
+        help="a user whose id, username (or a look-alike) or email is taken: fail the import (default) or skip them",
+    )
+
     check = command("check-config", "print the effective settings and where each came from; exit 2 if invalid")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
@@ -242,25 +264,13 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdin: 
 
 
 def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT (see ``server.web.serving``); 0 once stopped cleanly."""
     configure_logging(settings.log_level, cache=True)
     loop, loop_name = _event_loop()
-    log = structlog.get_logger("mixauth.server")
-    log.info("server.starting", version=__version__, host=settings.host, port=settings.port, loop=loop_name)
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            access_log_class=AccessLog,
-            print=None,
-            loop=loop,
-        )
-    except OSError as exc:
-        if exc.filename is not None:
-            raise CommandError(f"cannot use {exc.filename}: {exc.strerror or exc}") from None
-        raise CommandError(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-    # run_app returns after a signal, once requests in flight are answered and the database is closed.
-    log.info("server.stopped")
+        serving.run(create_app(settings), settings, loop, loop_name)
+    except serving.StartupError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 
@@ -386,6 +396,111 @@ def check_config_command(settings: Settings, args: argparse.Namespace, stdin: Te
     return 0
 
 
+def export_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    async def run(write: Callable[[bytes], object]) -> int:
+        async with _open_existing_store(settings) as store:
+            return await transfer.export_users(store, write)
+
+    if args.output is None:
+        sys.stdout.flush()
+        binary = getattr(sys.stdout, "buffer", None)
+        asyncio.run(run(binary.write if binary is not None else lambda line: sys.stdout.write(line.decode("utf-8"))))
+        return 0
+    try:
+        with _replaced_whole(args.output) as output:
+            count = asyncio.run(run(output.write))
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"exported {count} users to {args.output}")
+    return 0
+
+
+def import_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    async def check(store: UserStore | None, source: BinaryIO, size: int | None) -> transfer.ImportPlan:
+        progress = Progress(sys.stderr, f"checking {args.file}", size)
+        plan = await transfer.plan_import(
+            store,
+            transfer.read_lines(source),
+            default_plan=settings.default_plan,
+            on_conflict=args.on_conflict,
+            progress=progress.advance,
+        )
+        progress.close()
+        return plan
+
+    async def run(source: BinaryIO, size: int | None) -> transfer.ImportPlan:
+        if args.dry_run and not (settings.data_dir / DATABASE_FILE).is_file():
+            return await check(None, source, size)  # a dry run creates no database
+        async with open_store(settings.data_dir) as store:
+            plan = await check(store, source, size)
+            if plan.ok and not args.dry_run:
+                await transfer.apply_import(store, plan)
+            return plan
+
+    try:
+        with _opened_for_reading(args.file, stdin) as (source, size):
+            plan = asyncio.run(run(source, size))
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except MixauthError as exc:  # a user added meanwhile took a key the check found free
+        raise CommandError(f"{exc.message} (a user was added during the import); nothing imported") from None
+    _report_lines("skipped ", args.file, plan.skipped)
+    if not plan.ok:
+        _report_lines("mixauth: ", args.file, plan.bad)
+        bad = f"{len(plan.bad)} bad line{'s' if len(plan.bad) != 1 else ''}"
+        raise CommandError(f"{bad} in {args.file}: nothing imported")
+    if args.dry_run:
+        print(f"dry run: would import {len(plan.users)}, skip {len(plan.skipped)}; nothing written")
+    else:
+        print(f"imported {len(plan.users)}, skipped {len(plan.skipped)}")
+    return 0
+
+
+# How many bad or skipped lines an import names one by one; the rest are counted.
+REPORTED_LINES = 20
+
+
+def _report_lines(prefix: str, path: Path, problems: Sequence[transfer.LineProblem]) -> None:
+    for problem in problems[:REPORTED_LINES]:
+        print(f"{prefix}{path}:{problem.line}: {problem.message}", file=sys.stderr)
+    if len(problems) > REPORTED_LINES:
+        print(f"{prefix}... and {len(problems) - REPORTED_LINES} more", file=sys.stderr)
+
+
+@contextmanager
+def _opened_for_reading(path: Path, stdin: TextIO) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The file as bytes, with its size when it is a regular file (for the progress bar); '-' is stdin."""
+    if str(path) == "-":
+        buffer = getattr(stdin, "buffer", None)
+        yield (buffer if buffer is not None else io.BytesIO(stdin.read().encode("utf-8"))), None
+        return
+    with path.open("rb") as source:
+        status = os.fstat(source.fileno())
+        yield source, status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+@contextmanager
+def _replaced_whole(path: Path) -> Iterator[BinaryIO]:
+    """A new file that takes ``path``'s place only once it is complete and on disk: a failure half-way leaves
+    the old file (or none), never half a file. Mode 0600 from the start: it holds password hashes."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as output:
+            yield output
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
 Command = Callable[[Settings, argparse.Namespace, TextIO], int]
 COMMANDS: dict[str, Command] = {
     "create-user": create_user_command,
@@ -393,6 +508,8 @@ COMMANDS: dict[str, Command] = {
     "set-password": set_password_command,
     "set-scope": set_scope_command,
     "delete-user": delete_user_command,
+    "export-users": export_users_command,
+    "import-users": import_users_command,
     "check-config": check_config_command,
 }
 

@@ -72,6 +72,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 2201
     metrics_token: str | None = field(default=None, repr=False)
+    max_connections: int | None = None
+    keepalive_timeout: int = 15
     password_min_length: int = 6
     default_plan: str = "free"
     log_level: str = "info"
@@ -109,6 +111,8 @@ _DEFAULT_TEXT = {
     "trusted_proxies": "empty (none)",
     "hash_workers": "auto",
     "metrics_token": "empty (none)",
+    "max_connections": "auto",
+    "keepalive_timeout": "15s",
     "webhook_user_forgot_password": "empty (none)",
     "webhook_secret": "empty (none)",
     "forgot_password_code_ttl": "1h",
@@ -283,6 +287,21 @@ def _workers(value: Any) -> int | None:
     return _int_between(0, 256)(value) or None
 
 
+def _connections(value: Any) -> int | None:
+    """A connection count, or ``auto`` (and 0) for the default derived from the open-file limit."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return _int_between(0, 10_000_000)(value) or None
+
+
+def _keepalive(value: Any) -> int:
+    """A duration from 1 second to 1 hour (0 would leave a connection that never sends a request open)."""
+    seconds = parse_duration(value)
+    if seconds > 3600:
+        raise ValueError(f"must be at most 1h, got {value!r}")
+    return seconds
+
+
 def _log_level(value: Any) -> str:
     level = _text(value).lower()
     if level not in LOG_LEVELS:
@@ -361,6 +380,17 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_token",
         _metrics_token,
         "Bearer token /metrics asks for, at least 16 characters; required when metrics_port is empty.",
+    ),
+    Option(
+        "max_connections",
+        _connections,
+        "Most client connections at once; past it a new one is closed at once. auto (or 0): the open-file"
+        " limit less 64, at most 4096.",
+    ),
+    Option(
+        "keepalive_timeout",
+        _keepalive,
+        "How long an idle connection stays open, before its first request and between requests (1s to 1h).",
     ),
     Option("password_min_length", _int_between(6, 72), "Minimum password length in characters (6 to 72)."),
     Option("default_plan", _text, "Plan given to new users."),

@@ -23,7 +23,8 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── LastAdmin (409 last_admin)
     │   ├── UsernameTaken (409 username_taken)
     │   │   └── UsernameConfusable (409 username_confusable)
-    │   └── EmailTaken (409 email_taken)
+    │   ├── EmailTaken (409 email_taken)
+    │   └── UserIdTaken (409 user_id_taken)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── RateLimited (429 rate_limited)
     │   ├── SignupEmailRateLimited (429 signup_email_rate_limited)
@@ -285,6 +286,13 @@ class EmailTaken(Conflict):
     default_message = "A user with this email address already exists."
 
 
+class UserIdTaken(Conflict):
+    """A user added with an id of their own (an import) whose id another user already has."""
+
+    code = "user_id_taken"
+    default_message = "A user with this id already exists."
+
+
 class UnsupportedMediaType(MixauthError):
     status = 415
     code = "unsupported_media_type"
@@ -507,6 +515,12 @@ class UserStore(Protocol):
         ...
 
     async def get_delete_ticket(self, ticket_id: str) -> DeleteTicket | None: ...
+
+    async def add_many(self, users: Sequence[NewUser]) -> list[User]:
+        """Insert every user in ``users`` in one atomic write, or none of them (an import): raise
+        UserIdTaken, UsernameTaken, UsernameConfusable or EmailTaken, adding nothing, when an id or a key is
+        already used, by a stored user or by another in ``users``. Return the users as stored, in order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

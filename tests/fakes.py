@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from server.domain import (
@@ -13,6 +14,7 @@ from server.domain import (
     NewUser,
     User,
     UserChanges,
+    UserIdTaken,
     UsernameConfusable,
     UsernameTaken,
     UserQuery,
@@ -34,6 +36,8 @@ class FakeUserStore:
         self._tickets: dict[str, DeleteTicket] = {}
 
     async def add(self, user: NewUser) -> User:
+        if user.id in self.by_id:
+            raise UserIdTaken()
         if user.username_key in self._ids_by_username:
             raise UsernameTaken()
         if user.username_skeleton in self._ids_by_skeleton:
@@ -46,6 +50,21 @@ class FakeUserStore:
         self._ids_by_skeleton[user.username_skeleton] = user.id
         self._ids_by_email[user.email_key] = user.id
         return stored
+
+    async def add_many(self, users: Sequence[NewUser]) -> list[User]:
+        ids, usernames = set(self.by_id), set(self._ids_by_username)
+        skeletons, emails = set(self._ids_by_skeleton), set(self._ids_by_email)
+        for user in users:
+            for key, taken, error in (
+                (user.id, ids, UserIdTaken),
+                (user.username_key, usernames, UsernameTaken),
+                (user.username_skeleton, skeletons, UsernameConfusable),
+                (user.email_key, emails, EmailTaken),
+            ):
+                if key in taken:
+                    raise error()
+                taken.add(key)
+        return [await self.add(user) for user in users]
 
     async def get_by_id(self, user_id: str) -> User | None:
         return self.by_id.get(user_id)

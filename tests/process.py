@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -39,6 +40,9 @@ def dockerfile_start() -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
+# What start-up logs about settings left unset (with base_env, every server leaves them so): the lines a test
+# of the server's own lifecycle sets aside.
+CONFIGURATION_WARNINGS = frozenset({"webhook.not_configured"})
 SERVER_ADDRESS = {"JWT_SECRET", "DATA_DIR", "PORT", "HOST", "METRICS_HOST", "METRICS_PORT", "METRICS_TOKEN"}
 
 
@@ -70,6 +74,7 @@ async def wait_until_serving(port: int, process: subprocess.Popen[bytes], deadli
 class Server:
     def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path, metrics_url: str) -> None:
         self.process = process
+        self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         # The metrics listener's address; the API's own URL when METRICS_PORT is empty.
@@ -89,9 +94,14 @@ class Server:
         self.process.communicate()
 
 
-async def start_server(tmp_path: Path, name: str = "server", **extra_env: str) -> Server:
+async def start_server(
+    tmp_path: Path, name: str = "server", *, open_files: tuple[int, int] | None = None, **extra_env: str
+) -> Server:
     """Run the image's own command; only the address, port and data directory are moved onto this machine's
-    loopback and a temporary directory, and the interpreter is the one running the tests."""
+    loopback and a temporary directory, and the interpreter is the one running the tests.
+
+    ``open_files`` (soft, hard) starts it with that RLIMIT_NOFILE, as ``ulimit -n`` would.
+    """
     command, image_env = dockerfile_start()
     assert command[0] == "python3"
     port = free_port()
@@ -104,7 +114,12 @@ async def start_server(tmp_path: Path, name: str = "server", **extra_env: str) -
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, *command[1:]], cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.PIPE
+            [sys.executable, *command[1:]],
+            cwd=tmp_path,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.PIPE,
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files),
         )
     server = Server(process, port, log_path, metrics_url)
     try:

@@ -12,12 +12,21 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import free_port
-from tests.process import ROOT, Server, base_env, dockerfile_start, runtime_stage, start_server
+from tests.process import (
+    CONFIGURATION_WARNINGS,
+    ROOT,
+    Server,
+    base_env,
+    dockerfile_start,
+    runtime_stage,
+    start_server,
+)
 
 CANARY_PASSWORD = "canary-Pa55word-7f3a9c"
 JWT_SECRET = "serve-test-secret-0123456789abcdef-0123456789abcdef"
@@ -114,6 +123,7 @@ async def test_sigterm_closes_the_database_cleanly(server: Server, tmp_path: Pat
         assert response.status == 200
     code, lines, err = server.stop()
     assert code == 0, err
+    assert lifecycle(lines) == ["server.starting", "server.started", "server.stopped"]
     assert lines[-1]["event"] == "server.stopped"
     wal = tmp_path / "data" / "mixauth.sqlite3-wal"
     assert not wal.exists() or wal.stat().st_size == 0
@@ -182,15 +192,27 @@ def test_unknown_key_in_config_file_stops_start_up(tmp_path: Path) -> None:
     assert "unknown setting 'prot'" in result.stderr.decode()
 
 
-def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
+def lifecycle(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["event"] for line in lines if line["event"].startswith("server.")]
+
+
+def stdout_lines(stdout: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.mark.parametrize("which", ["PORT", "METRICS_PORT"])
+def test_a_taken_port_is_one_clear_line(tmp_path: Path, which: str) -> None:
+    """A start-up that fails logs server.failed after server.starting, and nothing else: every server.starting
+    has its end line."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        ports = {"PORT": str(port)} if which == "PORT" else {"PORT": str(free_port()), "METRICS_PORT": str(port)}
         result = subprocess.run(
-            [sys.executable, "-m", "server", "--port", str(port)],
+            [sys.executable, "-m", "server"],
             cwd=tmp_path,
-            env=base_env(DATA_DIR=str(tmp_path / "data"), JWT_SECRET=JWT_SECRET),
+            env=base_env(DATA_DIR=str(tmp_path / "data"), JWT_SECRET=JWT_SECRET, **ports),
             capture_output=True,
             timeout=30,
             check=False,
@@ -199,6 +221,9 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     err_lines = [line for line in result.stderr.decode().splitlines() if line.startswith("mixauth:")]
     assert len(err_lines) == 1
     assert str(port) in err_lines[0]
+    lines = [line for line in stdout_lines(result.stdout) if line["event"] not in CONFIGURATION_WARNINGS]
+    assert [line["event"] for line in lines] == ["server.starting", "server.failed"]
+    assert lines[-1]["error"] == err_lines[0].removeprefix("mixauth: ")
 
 
 @pytest.mark.parametrize("problem", ["data_dir_is_a_file", "corrupt_secret", "not_a_database"])
@@ -227,6 +252,7 @@ def test_an_unusable_data_directory_is_one_clear_line(tmp_path: Path, problem: s
     assert len(lines) == 1, err
     assert lines[0].startswith("mixauth: ")
     assert str(data_dir) in lines[0]
+    assert lifecycle(stdout_lines(result.stdout)) == ["server.starting", "server.failed"]
 
 
 async def test_acknowledged_signups_survive_kill_9(tmp_path: Path) -> None:

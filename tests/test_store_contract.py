@@ -24,6 +24,7 @@ from server.domain import (
     NewUser,
     User,
     UserChanges,
+    UserIdTaken,
     UsernameConfusable,
     UsernameTaken,
     UserQuery,
@@ -867,3 +868,69 @@ async def test_filters_match_names_with_quotes_backslashes_and_non_ascii_exactly
     assert await store.find(UserQuery(vendor=(odd,))) == [holder]
     assert await store.count(UserQuery(vendor=(odd, "x"))) == 1
     assert await store.count(UserQuery(vendor=("Ünï",))) == 0
+
+
+# add_many: an import's all-or-nothing insert.
+
+
+async def test_add_many_adds_every_user_as_given_in_one_write(store: UserStore) -> None:
+    users = [
+        dataclasses.replace(
+            new_user("Alice", "alice@example.com", scope=("admin", "user"), metadata={"team": "a"}),
+            vendor=("acme",),
+            created=1_700_000_000_123,
+            is_active=True,
+            token_version=3,
+        ),
+        new_user("Bob", "bob@example.com", password_hash=OTHER_HASH),
+    ]
+    added = await store.add_many(users)
+    assert added == [user.as_user() for user in users]
+    for user in added:
+        assert await store.get_by_id(user.id) == user
+    assert await store.get_by_username("alice") == added[0]
+    assert await store.get_by_email("bob@example.com") == added[1]
+    assert await store.add_many([]) == []
+
+
+@pytest.mark.parametrize(
+    ("clash", "error"),
+    [
+        ("id", UserIdTaken),
+        ("username", UsernameTaken),
+        ("look-alike", UsernameConfusable),
+        ("email", EmailTaken),
+    ],
+)
+async def test_add_many_with_one_taken_key_adds_nothing(store: UserStore, clash: str, error: type[Exception]) -> None:
+    stored = await store.add(new_user("Alice", "alice@example.com"))
+    clashing = {
+        "id": dataclasses.replace(new_user("Carol", "carol@example.com"), id=stored.id),
+        "username": new_user("ALICE", "carol@example.com"),
+        "look-alike": new_user("\u0430lice", "carol@example.com"),  # Cyrillic a
+        "email": new_user("Carol", "Alice@EXAMPLE.com"),
+    }[clash]
+    batch = [new_user("Bob", "bob@example.com"), clashing, new_user("Dave", "dave@example.com")]
+    with pytest.raises(error):
+        await store.add_many(batch)
+    assert await store.count(UserQuery()) == 1
+    assert await store.get_by_username("bob") is None
+    assert await store.get_by_username("dave") is None
+    assert await store.get_by_id(stored.id) == stored
+
+
+async def test_add_many_refuses_two_users_of_the_batch_sharing_a_key(store: UserStore) -> None:
+    with pytest.raises(EmailTaken):
+        await store.add_many([new_user("Alice", "same@example.com"), new_user("Bob", "SAME@example.com")])
+    first = new_user("Alice", "alice@example.com")
+    with pytest.raises(UserIdTaken):
+        await store.add_many([first, dataclasses.replace(new_user("Bob", "bob@example.com"), id=first.id)])
+    assert await store.count(UserQuery()) == 0
+
+
+async def test_add_with_a_taken_id_raises_user_id_taken(store: UserStore) -> None:
+    first = await store.add(new_user("Alice", "alice@example.com"))
+    with pytest.raises(UserIdTaken):
+        await store.add(dataclasses.replace(new_user("Bob", "bob@example.com"), id=first.id))
+    assert await store.get_by_id(first.id) == first
+    assert await store.get_by_username("bob") is None

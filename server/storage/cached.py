@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from server.domain import DeleteTicket, NewUser, User, UserChanges, UserQuery, UserStore
 
@@ -73,6 +73,13 @@ class CachedUserStore:
 
     async def add(self, user: NewUser) -> User:
         return await self._store.add(user)
+
+    async def add_many(self, users: Sequence[NewUser]) -> list[User]:
+        try:
+            return await self._store.add_many(users)
+        finally:
+            # Unknown ids are not remembered, but a read that raced with the write must not be either.
+            self._generation += 1
 
     async def list_users(self, *, scope: str | None = None, limit: int = 100, after: str | None = None) -> list[User]:
         return await self._store.list_users(scope=scope, limit=limit, after=after)

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from server.domain import (
     NewUser,
     User,
     UserChanges,
+    UserIdTaken,
     UsernameConfusable,
     UsernameTaken,
     UserQuery,
@@ -249,6 +250,20 @@ class SqliteUserStore:
             raise await self._taken(exc, user.username_key) from None
         return stored
 
+    async def add_many(self, users: Sequence[NewUser]) -> list[User]:
+        # One statement, so one transaction without an explicit BEGIN on the shared writer (see the module
+        # docstring): the rows travel as one JSON array, unpacked by json_each, and a UNIQUE violation by any
+        # of them aborts the statement, adding none.
+        stored = [user.as_user() for user in users]
+        if not stored:
+            return []
+        rows = json.dumps([_insert_row(user, kept) for user, kept in zip(users, stored, strict=True)])
+        try:
+            await self._writer.execute(_INSERT_MANY, (rows,))
+        except sqlite3.IntegrityError as exc:
+            raise _translate_integrity_error(exc) from None
+        return stored
+
     async def _taken(self, exc: sqlite3.IntegrityError, username_key: str | None) -> Exception:
         """The domain error for a UNIQUE violation by a write that sets ``username_key`` (when not None)."""
         error = _translate_integrity_error(exc)
@@ -413,6 +428,38 @@ def _user_from_row(row: sqlite3.Row | tuple[Any, ...]) -> User:
     )
 
 
+_INSERT_COLUMNS = (
+    "id, username, username_key, username_skeleton, email, email_key, password_hash,"
+    " scope, plan, metadata, vendor, created_ms, is_active, token_version"
+)
+_INSERT_MANY = (
+    f"INSERT INTO users ({_INSERT_COLUMNS}) SELECT "  # noqa: S608 - constants only
+    + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(14))
+    + " FROM json_each(?)"
+)
+
+
+def _insert_row(user: NewUser, stored: User) -> list[Any]:
+    """The values of ``_INSERT_COLUMNS`` for one user, JSON columns already encoded (json_extract of a JSON
+    string gives its text; of a number, the integer)."""
+    return [
+        user.id,
+        user.username,
+        user.username_key,
+        user.username_skeleton,
+        user.email,
+        user.email_key,
+        user.password_hash,
+        json.dumps(list(user.scope)),
+        user.plan,
+        None if user.metadata is None else json.dumps(user.metadata),
+        json.dumps(list(stored.vendor)),
+        stored.created,
+        int(stored.is_active),
+        stored.token_version,
+    ]
+
+
 def _where(query: UserQuery) -> tuple[str, list[Any]]:
     """The WHERE clause (with its parameters) of ``query``'s filters and pattern; every condition must hold."""
     conditions: list[str] = []
@@ -479,6 +526,8 @@ def _translate_integrity_error(exc: sqlite3.IntegrityError) -> Exception:
         return UsernameConfusable()
     if "email_key" in text:
         return EmailTaken()
+    if "users.id" in text:
+        return UserIdTaken()
     return exc
 
 
