@@ -25,6 +25,8 @@ from aiohttp.test_utils import TestClient
 
 from server.cli import main
 from server.config import ConfigError, Settings, load_settings
+from server.domain import Overloaded
+from server.hashing import PasswordHasher
 from server.storage.sqlite import DATABASE_FILE
 from server.views import iso_ms
 from server.web import webhook
@@ -431,6 +433,40 @@ async def test_a_bad_new_password_leaves_the_code_usable(
     await error(await reset(client, code, "short"), 400, "password_too_short")
     await error(await reset(client, code, "p" * 73), 400, "password_too_long")
     assert (await reset(client, code)).status == 200
+
+
+async def test_a_reset_refused_for_a_busy_hashing_pool_leaves_the_code_usable(
+    make_client: ClientFactory, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new password is hashed before the code is consumed: a 503 from a saturated pool costs no code."""
+    hook, url = receiver
+    client = await with_webhook(make_client, url)
+    await sign_up(client, username="known", email=EMAIL)
+    code = await code_for(client, hook)
+    await client.app[BACKGROUND].wait()
+    real_hash = PasswordHasher.hash
+
+    async def saturated(self: PasswordHasher, password: bytes) -> str:
+        raise Overloaded()
+
+    monkeypatch.setattr(PasswordHasher, "hash", saturated)
+    busy = await reset(client, code)
+    await error(busy, 503, "overloaded")
+    assert busy.headers["Retry-After"] == "1"
+    monkeypatch.setattr(PasswordHasher, "hash", real_hash)
+    assert (await reset(client, code)).status == 200
+
+
+async def test_a_deleted_users_code_is_invalid(make_client: ClientFactory, receiver: tuple[Receiver, str]) -> None:
+    hook, url = receiver
+    client = await with_webhook(make_client, url)
+    await sign_up(client, username="known", email=EMAIL)
+    code = await code_for(client, hook)
+    await client.app[BACKGROUND].wait()
+    user = await client.app[STORE].get_by_email(EMAIL)
+    assert user is not None
+    assert await client.app[STORE].delete(user.id)
+    await error(await reset(client, code), 400, "invalid_reset_code")
 
 
 async def test_a_reset_refills_the_accounts_sign_in_throttle(
