@@ -11,6 +11,7 @@ import ipaddress
 import re
 import tomllib
 import unicodedata
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_SECRET_BYTES = 32
 MAX_CONFIG_BYTES = 1024 * 1024
 MIN_METRICS_TOKEN_CHARACTERS = 16
+MIN_WEBHOOK_SECRET_BYTES = 16
+# Where FORGOT_PASSWORD_LINK takes the reset code.
+RESET_CODE_PLACEHOLDER = "{{code}}"
 # Addresses that listen on every interface, so that a port on them clashes with that port on any address.
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # noqa: S104 - recognised, not bound
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -51,6 +55,16 @@ class Settings:
     user_signin_rate_limit_account_window_ms: int = 3_600_000
     user_signin_rate_limit_ip: int = 300
     user_signin_rate_limit_ip_window_ms: int = 3_600_000
+    webhook_user_forgot_password: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    forgot_password_link: str = "http://localhost:8080/reset-password?code={{code}}"  # noqa: S105 - a link
+    forgot_password_code_ttl: int = 3600
+    user_forgot_password_rate_limit_email: int = 5
+    user_forgot_password_rate_limit_email_window_ms: int = 3_600_000
+    user_forgot_password_rate_limit_ip: int = 50
+    user_forgot_password_rate_limit_ip_window_ms: int = 3_600_000
+    user_forgot_password_reset_rate_limit_ip: int = 20
+    user_forgot_password_reset_rate_limit_ip_window_ms: int = 3_600_000
     rate_limit_max_buckets: int = 200_000
     trusted_proxies: tuple[IPNetwork, ...] = ()
     hash_workers: int | None = None
@@ -102,6 +116,9 @@ _DEFAULT_TEXT = {
     "max_connections": "auto",
     "keepalive_timeout": "15s",
     "default_user_vendor": "empty (none)",
+    "webhook_user_forgot_password": "empty (none)",
+    "webhook_secret": "empty (none)",
+    "forgot_password_code_ttl": "1h",
 }
 
 
@@ -247,6 +264,37 @@ def parse_networks(value: Any) -> tuple[IPNetwork, ...]:
     return tuple(dict.fromkeys(networks))
 
 
+def _webhook_url(value: Any) -> str | None:
+    """An http or https URL with a host, or empty for none."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL, got {value!r}")
+    url = value.strip()
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(char.isspace() for char in url):
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return url
+
+
+def _webhook_secret(value: Any) -> str | None:
+    """The key of the webhook's HMAC signature; empty means none (deliveries go unsigned)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    if not value:
+        return None
+    if len(value.encode()) < MIN_WEBHOOK_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes long")
+    return value
+
+
+def _reset_link(value: Any) -> str:
+    link = _text(value)
+    if RESET_CODE_PLACEHOLDER not in link:
+        raise ValueError(f"must contain {RESET_CODE_PLACEHOLDER}, where the reset code goes")
+    return link
+
+
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -317,6 +365,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("user_signin_rate_limit_account_window_ms", _WINDOW_MS, "Account sign-in window in milliseconds."),
     Option("user_signin_rate_limit_ip", _LIMIT, "Failed sign-ins allowed per client IP per window."),
     Option("user_signin_rate_limit_ip_window_ms", _WINDOW_MS, "IP sign-in window in milliseconds."),
+    Option(
+        "webhook_user_forgot_password",
+        _webhook_url,
+        "URL that POST /user/forgot-password's reset codes are posted to; empty sends none.",
+    ),
+    Option("webhook_secret", _webhook_secret, "Key (16+ bytes) of the webhooks' X-Mixauth-Signature; empty: unsigned."),
+    Option(
+        "forgot_password_link",
+        _reset_link,
+        "The reset link a webhook carries, with {{code}} where the code goes.",
+    ),
+    Option("forgot_password_code_ttl", parse_duration, "How long a reset code lives: seconds, or with s, m, h, d, w."),
+    Option("user_forgot_password_rate_limit_email", _LIMIT, "Forgot-password requests per email address per window."),
+    Option(
+        "user_forgot_password_rate_limit_email_window_ms", _WINDOW_MS, "Email forgot-password window in milliseconds."
+    ),
+    Option("user_forgot_password_rate_limit_ip", _LIMIT, "Forgot-password requests per client IP per window."),
+    Option("user_forgot_password_rate_limit_ip_window_ms", _WINDOW_MS, "IP forgot-password window in milliseconds."),
+    Option("user_forgot_password_reset_rate_limit_ip", _LIMIT, "Reset-code attempts per client IP per window."),
+    Option("user_forgot_password_reset_rate_limit_ip_window_ms", _WINDOW_MS, "IP reset-code window in milliseconds."),
     Option(
         "rate_limit_max_buckets",
         _int_between(1000, 100_000_000),

@@ -14,7 +14,8 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── PasswordTooShort (400 password_too_short)
     │   ├── PasswordTooLong (400 password_too_long)
     │   ├── InvalidParameter (400 invalid_parameter)
-    │   └── InvalidForwardedFor (400 invalid_forwarded_for)
+    │   ├── InvalidForwardedFor (400 invalid_forwarded_for)
+    │   └── InvalidResetCode (400 invalid_reset_code)
     ├── AuthenticationRequired (401 authentication_required)
     │   └── InvalidToken (401 invalid_token)
     ├── InsufficientScope (403 insufficient_scope)
@@ -34,7 +35,10 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     ├── RateLimited (429 rate_limited)
     │   ├── SignupEmailRateLimited (429 signup_email_rate_limited)
     │   ├── SignupIpRateLimited (429 signup_ip_rate_limited)
-    │   └── SignInThrottled (429 signin_throttled)
+    │   ├── SignInThrottled (429 signin_throttled)
+    │   ├── ForgotPasswordEmailRateLimited (429 forgot_password_email_rate_limited)
+    │   ├── ForgotPasswordIpRateLimited (429 forgot_password_ip_rate_limited)
+    │   └── PasswordResetIpRateLimited (429 password_reset_ip_rate_limited)
     ├── Overloaded (503 overloaded)
     └── NotReady (503 not_ready)
 """
@@ -42,7 +46,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -607,4 +611,61 @@ class RateLimiter(Protocol):
 
     async def reset(self, buckets: Sequence[tuple[Rule, str]]) -> None:
         """Refill each bucket to capacity."""
+        ...
+
+
+# Password recovery (POST /user/forgot-password and /user/forgot-password/reset)
+
+
+class InvalidResetCode(InvalidRequest):
+    """The reset code is unknown, expired, already used or replaced by a newer one: one answer for all."""
+
+    code = "invalid_reset_code"
+    default_message = "The reset code is invalid, expired or already used."
+
+
+class ForgotPasswordEmailRateLimited(RateLimited):
+    code = "forgot_password_email_rate_limited"
+    default_message = "Too many password reset requests for this email address. Please try again later."
+
+
+class ForgotPasswordIpRateLimited(RateLimited):
+    code = "forgot_password_ip_rate_limited"
+    default_message = "Too many password reset requests from your IP address. Please try again later."
+
+
+class PasswordResetIpRateLimited(RateLimited):
+    code = "password_reset_ip_rate_limited"
+    default_message = "Too many password reset attempts from your IP address. Please try again later."
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCodeMessage:
+    """A reset code on its way to its user: what the forgot-password webhook carries.
+
+    ``created`` is in milliseconds since the epoch; ``link`` is FORGOT_PASSWORD_LINK with the code in it.
+    The code (and so the link) is kept out of reprs: it is a password until it is used.
+    """
+
+    code: str = field(repr=False)
+    email: str
+    user_id: str
+    created: int
+    link: str = field(repr=False)
+
+
+class ResetNotifier(Protocol):
+    """Hands reset codes to whoever passes them on to the user (a webhook)."""
+
+    async def deliver(self, message: ResetCodeMessage) -> None:
+        """Deliver ``message``, retrying as the transport sees fit; failures are logged (never the code),
+        not raised."""
+        ...
+
+
+class Background(Protocol):
+    """Work that runs after the answer it was started for, owned (and waited for at shutdown) by the app."""
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on its own; the caller does not wait for it, and its failures are logged."""
         ...

@@ -92,7 +92,7 @@ async def test_the_log_level_filters(make_client: ClientFactory) -> None:
     await client.post("/user/auth", json={"username": "nobody", "password": PASSWORD})  # info: filtered
     await client.get("/user", headers={"Authorization": "Bearer nope"})  # warning: kept
     events = [line["event"] for line in lines_of(stream)]
-    assert events == ["token.rejected"]
+    assert events == ["webhook.not_configured", "token.rejected"]  # start-up's warning: no webhook is set
 
 
 async def test_an_unexpected_fault_is_logged_with_its_request_id(make_client: ClientFactory, monkeypatch: Any) -> None:

@@ -86,6 +86,8 @@ async def test_the_document_is_valid_openapi_3_1(client: TestClient[Any, Any]) -
         "/users/{id}",
         "/users/{id}/delete-status/{ticket}",
         "/user/reset-password",
+        "/user/forgot-password",
+        "/user/forgot-password/reset",
     }
 
 

@@ -18,7 +18,15 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port
-from tests.process import ROOT, Server, base_env, dockerfile_start, runtime_stage, start_server
+from tests.process import (
+    CONFIGURATION_WARNINGS,
+    ROOT,
+    Server,
+    base_env,
+    dockerfile_start,
+    runtime_stage,
+    start_server,
+)
 
 CANARY_PASSWORD = "canary-Pa55word-7f3a9c"
 JWT_SECRET = "serve-test-secret-0123456789abcdef-0123456789abcdef"
@@ -213,7 +221,7 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path, which: str) -> None:
     err_lines = [line for line in result.stderr.decode().splitlines() if line.startswith("mixauth:")]
     assert len(err_lines) == 1
     assert str(port) in err_lines[0]
-    lines = stdout_lines(result.stdout)
+    lines = [line for line in stdout_lines(result.stdout) if line["event"] not in CONFIGURATION_WARNINGS]
     assert [line["event"] for line in lines] == ["server.starting", "server.failed"]
     assert lines[-1]["error"] == err_lines[0].removeprefix("mixauth: ")
 

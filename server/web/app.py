@@ -20,6 +20,7 @@ from server.domain import Rule
 from server.hashing import PasswordHasher
 from server.limits.memory import MemoryRateLimiter
 from server.metrics import Metrics
+from server.recovery import RecoveryPolicy, RecoveryService
 from server.security import TokenCodec
 from server.service import UNOBSERVED, AuthPolicy, AuthService
 from server.storage.cached import CachedUserStore
@@ -34,6 +35,8 @@ from server.web.keys import (
     METRICS,
     METRICS_TOKEN,
     READINESS,
+    RECOVERY,
+    RESET_NOTIFIER,
     SERVICE,
     STORE,
     TRUSTED_PROXIES,
@@ -41,6 +44,7 @@ from server.web.keys import (
 )
 from server.web.middleware import bearer_auth, error_mapping, request_context
 from server.web.routes import add_routes, api_routes
+from server.web.webhook import BACKGROUND, BackgroundTasks, webhook_context
 
 Clock = Callable[[], float]
 
@@ -77,6 +81,30 @@ def auth_policy(settings: Settings) -> AuthPolicy:
     )
 
 
+def recovery_policy(settings: Settings) -> RecoveryPolicy:
+    return RecoveryPolicy(
+        forgot_email_rule=Rule(
+            "forgot_password_email",
+            settings.user_forgot_password_rate_limit_email,
+            settings.user_forgot_password_rate_limit_email_window_ms / 1000,
+        ),
+        forgot_ip_rule=Rule(
+            "forgot_password_ip",
+            settings.user_forgot_password_rate_limit_ip,
+            settings.user_forgot_password_rate_limit_ip_window_ms / 1000,
+        ),
+        reset_ip_rule=Rule(
+            "forgot_password_reset_ip",
+            settings.user_forgot_password_reset_rate_limit_ip,
+            settings.user_forgot_password_reset_rate_limit_ip_window_ms / 1000,
+        ),
+        signin_account_rule=auth_policy(settings).signin_account_rule,
+        code_ttl=settings.forgot_password_code_ttl,
+        link=settings.forgot_password_link,
+        password_min_length=settings.password_min_length,
+    )
+
+
 def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> web.Application:
     """The mixauth application for ``settings``.
 
@@ -94,6 +122,7 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     serve_json_errors(app)
     app[TRUSTED_PROXIES] = settings.trusted_proxies
     app[ACCESS_RULES] = {}
+    background = app[BACKGROUND] = BackgroundTasks()  # reset-code deliveries, drained before the store closes
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         secret = (
@@ -120,6 +149,16 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
                 app[USERS] = UserAdministration(
                     store, hasher, auth_policy(settings), metrics or UNOBSERVED, wall_clock=wall_clock
                 )
+                app[RECOVERY] = RecoveryService(
+                    store,
+                    hasher,
+                    limiter,
+                    recovery_policy(settings),
+                    app[RESET_NOTIFIER],
+                    background,
+                    wall_clock=wall_clock,
+                    observer=metrics if metrics is not None else UNOBSERVED,
+                )
                 if metrics is not None:
                     _watch(metrics, limiter, hasher, tokens, store)
                 yield
@@ -133,7 +172,9 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         if settings.metrics_port is not None:
             # First, so that a busy metrics port fails start-up before anything else is opened.
             app.cleanup_ctx.append(_metrics_listener(app, settings.metrics_host, settings.metrics_port))
+    app.cleanup_ctx.append(webhook_context(settings))  # the session outlives the deliveries ...
     app.cleanup_ctx.append(services)
+    app.cleanup_ctx.append(background.drained)  # ... which end before the store closes
     add_routes(app, api_routes(settings))
     return app
 

@@ -8,8 +8,9 @@ from typing import Protocol
 from aiohttp import web
 
 from server.config import IPNetwork
-from server.domain import Principal, UserStore
+from server.domain import Principal, ResetNotifier, UserStore
 from server.metrics import Metrics
+from server.recovery import RecoveryService
 from server.service import AuthService
 from server.users import UserAdministration
 
@@ -29,6 +30,9 @@ OPEN = Requirement()
 SERVICE = web.AppKey("service", AuthService)
 STORE = web.AppKey("store", UserStore)
 USERS = web.AppKey("users", UserAdministration)
+RECOVERY = web.AppKey("recovery", RecoveryService)
+# Where reset codes go (the webhook), opened before the services that use it and closed after them.
+RESET_NOTIFIER = web.AppKey("reset_notifier", ResetNotifier)
 METRICS = web.AppKey("metrics", Metrics)
 # The bearer token GET /metrics asks for, in UTF-8; absent when none is configured.
 METRICS_TOKEN = web.AppKey("metrics_token", bytes)

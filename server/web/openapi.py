@@ -13,7 +13,7 @@ from typing import Any
 from server import __version__
 from server.security import BCRYPT_MAX_BYTES
 from server.users import PLAN_MAX_CHARS, SCOPE_NAME_PATTERN
-from server.validation import EMAIL_MAX_CHARS, USERNAME_MAX_CHARS
+from server.validation import EMAIL_MAX_CHARS, RAW_SLACK, USERNAME_MAX_CHARS
 from server.web.user_requests import MAX_LIMIT, MAX_OFFSET
 
 # White space as Python's str.strip() sees it (str.isspace), spelled out so that ECMA-262 and Python regex
@@ -398,6 +398,47 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 },
             },
         },
+        "/user/forgot-password": {
+            "post": {
+                "operationId": "forgotPassword",
+                "summary": "Send a password reset code to the user with this email, if there is one.",
+                "description": "The answer is the same, in body, headers and timing, whether a user has the"
+                " address or not. For a user who has it, a reset code (256 random bits, URL-safe) is posted in"
+                " the background to WEBHOOK_USER_FORGOT_PASSWORD as {code, email, userId, created, link},"
+                " signed with WEBHOOK_SECRET in X-Mixauth-Signature when that is set. The code lives"
+                " FORGOT_PASSWORD_CODE_TTL (1 hour), works once, and a newer request replaces it.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ForgotPasswordRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Empty"), "Accepted: a code is on its way if the address is a user's."),
+                    **_BODY_ERRORS,
+                    **_TOKEN_ERROR,
+                    "429": _error(
+                        "Too many requests for this email address (known or not) or from this IP address.",
+                        _RETRY_AFTER,
+                    ),
+                },
+            }
+        },
+        "/user/forgot-password/reset": {
+            "post": {
+                "operationId": "resetForgottenPassword",
+                "summary": "Set a new password with a reset code; every token of the user is revoked.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("PasswordResetRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Empty"), "The password is changed; the user's earlier tokens are refused."),
+                    **_BODY_ERRORS,
+                    **_TOKEN_ERROR,
+                    "429": _error("Too many reset attempts from this IP address.", _RETRY_AFTER),
+                    **_OVERLOADED,
+                },
+            }
+        },
         "/health/live": {
             "get": {
                 "operationId": "healthLive",
@@ -485,6 +526,36 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                     },
                 },
             },
+            "ForgotPasswordRequest": {
+                "type": "object",
+                "description": "Other fields are ignored.",
+                "required": ["email"],
+                "properties": {
+                    "email": {
+                        **_STRING,
+                        "pattern": NOT_BLANK,
+                        "maxLength": RAW_SLACK * EMAIL_MAX_CHARS,
+                        "description": "Matched as sign-in matches it (ignoring case and surrounding white"
+                        " space); any text is accepted, and an address no user has gets the same answer.",
+                    }
+                },
+            },
+            "PasswordResetRequest": {
+                "type": "object",
+                "description": "Other fields are ignored. A code that is unknown, expired, used or replaced gives"
+                " 400 invalid_reset_code; a new password that breaks a rule gives 400 and leaves the code usable.",
+                "required": ["code", "password"],
+                "properties": {
+                    "code": {**_STRING, "description": "The code the webhook delivered."},
+                    "password": {
+                        **_STRING,
+                        "minLength": 6,
+                        "description": "The new password, by the signup rules: at least 6 characters"
+                        f" (PASSWORD_MIN_LENGTH) and at most {BCRYPT_MAX_BYTES} bytes in UTF-8, after NFKC.",
+                    },
+                },
+            },
+            "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
             "UserSummary": {
                 "type": "object",
                 "required": ["id", "username", "isActive", "email", "plan"],

@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from server.config import Settings
 from server.service import ADMIN_SCOPE
-from server.web import admin_handlers, handlers
+from server.web import admin_handlers, handlers, recovery_handlers
 from server.web.keys import ACCESS_RULES, OPEN, Requirement
 
 AUTHENTICATED = Requirement(authenticated=True)
@@ -63,6 +63,14 @@ def api_routes(settings: Settings) -> list[Route]:
         Route("DELETE", USER_PATH, admin_handlers.delete_user, "delete_user", ADMIN),
         Route("GET", "/users/{id}/delete-status/{ticket}", admin_handlers.delete_status, "delete_status", ADMIN),
         Route("POST", "/user/reset-password", admin_handlers.reset_password, "reset_password", ADMIN),
+        Route("POST", "/user/forgot-password", recovery_handlers.forgot_password, "forgot_password", OPEN),
+        Route(
+            "POST",
+            "/user/forgot-password/reset",
+            recovery_handlers.reset_forgotten_password,
+            "reset_forgotten_password",
+            OPEN,
+        ),
     ]
     if settings.metrics_enabled and settings.metrics_port is None:
         routes.append(Route("GET", "/metrics", handlers.get_metrics, "metrics", Requirement(own_bearer=True)))
