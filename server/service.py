@@ -2,14 +2,17 @@
 
 It owns the order of operations (rate limit, validate, hash, store, issue a token), emits one structured
 log event per auth event, and raises domain errors only; it knows nothing of HTTP.
+
+Revocation (``domain.User.token_version``): every token is issued with the user's version as stored at that
+moment, and ``authenticate`` refuses a token whose version is not the stored one.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import structlog
 
@@ -98,6 +101,13 @@ class SignIn:
     token: str
 
 
+@runtime_checkable
+class FreshReads(Protocol):
+    """A store that may answer ``get_by_id`` from a cache, and can read one user past it."""
+
+    async def get_fresh_by_id(self, user_id: str) -> User | None: ...
+
+
 class AuthService:
     def __init__(
         self,
@@ -114,14 +124,26 @@ class AuthService:
         self._limiter = limiter
         self._policy = policy
         self._observer = observer
+        self._get_fresh: Callable[[str], Awaitable[User | None]] = (
+            store.get_fresh_by_id if isinstance(store, FreshReads) else store.get_by_id
+        )
 
     async def authenticate(self, token: str) -> Principal:
-        """The Principal a bearer token names, with the scopes stored for the user now."""
+        """The Principal a bearer token names, with the scopes stored for the user now.
+
+        The token's version must be the user's stored ``token_version``. A token newer than the user as
+        remembered was issued after a change this process has not seen yet (a cache that another process's
+        revocation made stale), so the user is read once more from the store before it is judged.
+        """
         try:
             claims = self._tokens.verify(token)
             user = await self._store.get_by_id(claims.user_id)
+            if user is not None and claims.version > user.token_version:
+                user = await self._get_fresh(claims.user_id)
             if user is None:
                 raise InvalidToken("unknown_user")
+            if claims.version != user.token_version:
+                raise InvalidToken("revoked")
         except InvalidToken as exc:
             emit(self._observer, "warning", "token.rejected", reason=exc.reason)
             raise
@@ -158,7 +180,7 @@ class AuthService:
         user = await self.create_user(body, DEFAULT_SCOPE, via="admin_api" if privileged else "api")
         if principal is None:
             structlog.contextvars.bind_contextvars(user_id=user.id)
-        return self._tokens.issue(user.id, user.scope)
+        return self._issue(user)
 
     async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:
         return await register_user(self._store, self._hasher, self._policy, body, scope, via, self._observer)
@@ -219,7 +241,11 @@ class AuthService:
         await self._limiter.refund([address])
         structlog.contextvars.bind_contextvars(user_id=user.id)
         emit(self._observer, "info", "user.signin.succeeded", identified_by=identified_by)
-        return SignIn(user, self._tokens.issue(user.id, user.scope))
+        return SignIn(user, self._issue(user))
+
+    def _issue(self, user: User) -> str:
+        """A token for ``user`` as just stored: it carries the user's current ``token_version``."""
+        return self._tokens.issue(user.id, user.scope, version=user.token_version)
 
     def _reject_sign_in(self, reason: str, identified_by: str, user_id: str | None = None) -> NoReturn:
         emit(self._observer, "info", "user.signin.failed", reason=reason, identified_by=identified_by, user_id=user_id)
