@@ -150,6 +150,18 @@ def check_password(password: bytes, password_hash: str) -> bool:
     return matched and not too_long
 
 
+def hash_cost(password_hash: str) -> int | None:
+    """The cost of a ``$2?$NN$`` bcrypt hash; None for anything else."""
+    cost = password_hash[4:6]
+    return int(cost) if password_hash[:2] == "$2" and password_hash[3:4] == "$" and cost.isdigit() else None
+
+
+def needs_rehash(password_hash: str, rounds: int) -> bool:
+    """True when a hash that just matched should be stored anew: its cost is not ``rounds``, or it is in
+    another form than ``$2b$`` (``$2a$`` and ``$2y$`` from other implementations, which bcrypt checks alike)."""
+    return not password_hash.startswith("$2b$") or hash_cost(password_hash) != rounds
+
+
 def dummy_hash(rounds: int) -> str:
     """A well-formed bcrypt hash at ``rounds`` that no password matches, for checks against unknown users.
 

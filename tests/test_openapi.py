@@ -75,7 +75,15 @@ async def test_the_document_is_valid_openapi_3_1(client: TestClient[Any, Any]) -
     assert document["openapi"].startswith("3.1")
     validate(document)
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
-    assert set(document["paths"]) == {"/user", "/user/auth", "/openapi.json", "/health/live", "/health/ready"}
+    assert set(document["paths"]) == {
+        "/user",
+        "/user/auth",
+        "/openapi.json",
+        "/health/live",
+        "/health/ready",
+        "/user/change-password",
+        "/user/logout",
+    }
 
 
 async def test_real_responses_match_the_document(make_client: ClientFactory) -> None:

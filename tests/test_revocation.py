@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from server.domain import InvalidToken
 from server.security import TokenCodec
 from server.storage.sqlite import open_store
+from server.web.keys import STORE
 from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, FakeClock, bearer, sign_up
 
 NEW_PASSWORD = "new-pw-4b9e17"
@@ -73,6 +74,56 @@ def test_a_version_that_is_not_a_whole_number_is_malformed(ver: object) -> None:
     assert caught.value.reason == "malformed"
 
 
+# Each revoking event, in one second
+
+
+async def test_change_password_refuses_every_earlier_token_and_accepts_the_fresh_one(
+    client: TestClient[Any, Any], wall_clock: FakeClock
+) -> None:
+    before = await alice(client)
+    other_session = await sign_in(client)
+    assert await status_of(client, other_session) == 200
+    body = {"oldPassword": PASSWORD, "newPassword": NEW_PASSWORD}
+    response = await client.post("/user/change-password", json=body, headers=bearer(before))
+    assert response.status == 200
+    fresh = (await response.json())["token"]
+    # One second for all three: only the version tells them apart.
+    assert claims(before)["iat"] == claims(other_session)["iat"] == claims(fresh)["iat"] == int(wall_clock.now)
+    assert claims(fresh)["ver"] == 1
+    assert await status_of(client, before) == 401
+    assert await status_of(client, other_session) == 401
+    assert await status_of(client, fresh) == 200
+    assert await status_of(client, await sign_in(client, NEW_PASSWORD)) == 200
+
+
+async def test_logout_refuses_every_earlier_token_and_a_new_sign_in_is_accepted(
+    client: TestClient[Any, Any], wall_clock: FakeClock
+) -> None:
+    before = await alice(client)
+    other_session = await sign_in(client)
+    response = await client.post("/user/logout", headers=bearer(before))
+    assert response.status == 200
+    assert await response.json() == {}
+    assert await status_of(client, before) == 401
+    assert await status_of(client, other_session) == 401
+    after = await sign_in(client)
+    assert claims(before)["iat"] == claims(after)["iat"] == int(wall_clock.now)
+    assert await status_of(client, after) == 200
+    # Logging out again revokes that one too, and a revoked token cannot log out.
+    assert (await client.post("/user/logout", headers=bearer(after))).status == 200
+    assert await status_of(client, after) == 401
+    assert (await client.post("/user/logout", headers=bearer(after))).status == 401
+
+
+async def test_a_revoked_token_cannot_change_the_password(client: TestClient[Any, Any]) -> None:
+    before = await alice(client)
+    assert (await client.post("/user/logout", headers=bearer(await sign_in(client)))).status == 200
+    body = {"oldPassword": PASSWORD, "newPassword": NEW_PASSWORD}
+    response = await client.post("/user/change-password", json=body, headers=bearer(before))
+    assert response.status == 401
+    assert await status_of(client, await sign_in(client)) == 200  # the password is unchanged
+
+
 async def test_a_token_with_a_version_the_user_never_had_is_refused(client: TestClient[Any, Any]) -> None:
     token = await alice(client)
     ahead = jwt.encode({**claims(token), "ver": 5}, JWT_SECRET, algorithm="HS256")
@@ -109,3 +160,19 @@ async def test_a_token_issued_after_another_process_revoked_is_accepted_at_once(
     fresh = TokenCodec(JWT_SECRET.encode(), 3600).issue(user_id, ("user",), version=version)
     assert await status_of(client, fresh) == 200  # the clock has not moved: the cache alone is stale
     assert await status_of(client, before) == 401
+
+
+async def test_a_password_change_on_another_server_is_honoured_here_at_once(
+    make_client: ClientFactory, settings: Any
+) -> None:
+    """Two servers on one database: a change on one gives a token the other accepts on its next request."""
+    here = await make_client()
+    there = await make_client()
+    before = await alice(here)
+    assert await status_of(there, before) == 200  # both remember alice at version 0
+    body = {"oldPassword": PASSWORD, "newPassword": NEW_PASSWORD}
+    response = await there.post("/user/change-password", json=body, headers=bearer(before))
+    fresh = (await response.json())["token"]
+    assert await status_of(here, fresh) == 200
+    assert await status_of(here, before) == 401
+    assert (await here.app[STORE].get_by_id(claims(fresh)["id"])).token_version == 1
