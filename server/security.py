@@ -150,6 +150,18 @@ def check_password(password: bytes, password_hash: str) -> bool:
     return matched and not too_long
 
 
+def hash_cost(password_hash: str) -> int | None:
+    """The cost of a ``$2?$NN$`` bcrypt hash; None for anything else."""
+    cost = password_hash[4:6]
+    return int(cost) if password_hash[:2] == "$2" and password_hash[3:4] == "$" and cost.isdigit() else None
+
+
+def needs_rehash(password_hash: str, rounds: int) -> bool:
+    """True when a hash that just matched should be stored anew: its cost is not ``rounds``, or it is in
+    another form than ``$2b$`` (``$2a$`` and ``$2y$`` from other implementations, which bcrypt checks alike)."""
+    return not password_hash.startswith("$2b$") or hash_cost(password_hash) != rounds
+
+
 def dummy_hash(rounds: int) -> str:
     """A well-formed bcrypt hash at ``rounds`` that no password matches, for checks against unknown users.
 
@@ -166,10 +178,16 @@ class TokenClaims:
     scope: tuple[str, ...]
     issued_at: int
     expires_at: int
+    # The user's token_version when the token was issued (the ``ver`` claim; absent: 0).
+    version: int = 0
 
 
 class TokenCodec:
-    """Issues and verifies HS256 JWTs with the claims ``id``, ``scope``, ``iat`` and ``exp``.
+    """Issues and verifies HS256 JWTs with the claims ``id``, ``scope``, ``iat`` and ``exp``, and ``ver``.
+
+    ``ver`` is the user's ``token_version`` when the token was issued (see ``domain.User``); it is left out
+    when 0, so a never-revoked user's token carries the contract's four claims only, and a token without it
+    is read as version 0.
 
     Verifying costs about 60 us of HMAC and JSON, on the event loop, for every authenticated request, so
     the claims of tokens that verified are remembered, keyed by the whole token (signature included: a
@@ -198,9 +216,12 @@ class TokenCodec:
         """Verified tokens remembered now."""
         return len(self._verified)
 
-    def issue(self, user_id: str, scope: tuple[str, ...], now: float | None = None) -> str:
-        issued_at = int(time.time() if now is None else now)
+    def issue(self, user_id: str, scope: tuple[str, ...], now: float | None = None, *, version: int = 0) -> str:
+        """A token for the user, carrying ``version``: their ``token_version`` now."""
+        issued_at = int(self._clock() if now is None else now)
         claims = {"id": user_id, "scope": list(scope), "iat": issued_at, "exp": issued_at + self._lifetime}
+        if version:
+            claims["ver"] = version
         return jwt.encode(claims, self._secret, algorithm=TOKEN_ALGORITHM)
 
     def verify(self, token: str) -> TokenClaims:
@@ -251,4 +272,7 @@ class TokenCodec:
             raise InvalidToken("malformed")
         if not isinstance(scope, list) or not all(isinstance(item, str) for item in scope):
             raise InvalidToken("malformed")
-        return TokenClaims(user_id, tuple(scope), int(claims["iat"]), int(claims["exp"]))
+        version = claims.get("ver", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidToken("malformed")
+        return TokenClaims(user_id, tuple(scope), int(claims["iat"]), int(claims["exp"]), version)

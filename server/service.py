@@ -1,17 +1,23 @@
-"""AuthService: signing up, signing in, and turning a bearer token into a Principal.
+"""AuthService: signing up, signing in, turning a bearer token into a Principal, and a user's own password
+and tokens (change the password, log out everywhere).
 
 It owns the order of operations (rate limit, validate, hash, store, issue a token), emits one structured
 log event per auth event, and raises domain errors only; it knows nothing of HTTP.
+
+Revocation (``domain.User.token_version``): every token is issued with the user's version as stored at that
+moment, and ``authenticate`` refuses a token whose version is not the stored one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import structlog
 
@@ -31,10 +37,20 @@ from server.domain import (
     SignupEmailRateLimited,
     SignupIpRateLimited,
     User,
+    UserChanges,
     UserStore,
 )
 from server.hashing import PasswordHasher
-from server.security import BCRYPT_MAX_BYTES, TokenCodec, build_new_user, email_key, identifier_key, new_user_id
+from server.security import (
+    BCRYPT_MAX_BYTES,
+    TokenCodec,
+    build_new_user,
+    email_key,
+    hash_cost,
+    identifier_key,
+    needs_rehash,
+    new_user_id,
+)
 
 log = structlog.get_logger("mixauth.auth")
 
@@ -49,6 +65,8 @@ OUTCOME_FIELDS = {
     "signup.rate_limited": "limit",
     "token.rejected": "reason",
     "authz.denied": "reason",
+    "user.password_changed": "via",
+    "tokens.revoked": "via",
 }
 
 
@@ -101,6 +119,21 @@ class SignIn:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class PasswordChange:
+    """A user's request to replace their own password (POST /user/change-password)."""
+
+    old_password: str = field(repr=False)
+    new_password: str = field(repr=False)
+
+
+@runtime_checkable
+class FreshReads(Protocol):
+    """A store that may answer ``get_by_id`` from a cache, and can read one user past it."""
+
+    async def get_fresh_by_id(self, user_id: str) -> User | None: ...
+
+
 class AuthService:
     def __init__(
         self,
@@ -117,14 +150,29 @@ class AuthService:
         self._limiter = limiter
         self._policy = policy
         self._observer = observer
+        self._get_fresh: Callable[[str], Awaitable[User | None]] = (
+            store.get_fresh_by_id if isinstance(store, FreshReads) else store.get_by_id
+        )
+        # Password writes of one user, one at a time in this process: a hash upgrade computed from the old
+        # password must never land after a change of password (it would bring the old password back).
+        self._password_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def authenticate(self, token: str) -> Principal:
-        """The Principal a bearer token names, with the scopes stored for the user now."""
+        """The Principal a bearer token names, with the scopes stored for the user now.
+
+        The token's version must be the user's stored ``token_version``. A token newer than the user as
+        remembered was issued after a change this process has not seen yet (a cache that another process's
+        revocation made stale), so the user is read once more from the store before it is judged.
+        """
         try:
             claims = self._tokens.verify(token)
             user = await self._store.get_by_id(claims.user_id)
+            if user is not None and claims.version > user.token_version:
+                user = await self._get_fresh(claims.user_id)
             if user is None:
                 raise InvalidToken("unknown_user")
+            if claims.version != user.token_version:
+                raise InvalidToken("revoked")
         except InvalidToken as exc:
             emit(self._observer, "warning", "token.rejected", reason=exc.reason)
             raise
@@ -161,7 +209,7 @@ class AuthService:
         user = await self.create_user(body, DEFAULT_SCOPE, via="admin_api" if privileged else "api")
         if principal is None:
             structlog.contextvars.bind_contextvars(user_id=user.id)
-        return self._tokens.issue(user.id, user.scope)
+        return self._issue(user)
 
     async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:
         return await register_user(self._store, self._hasher, self._policy, body, scope, via, self._observer)
@@ -188,21 +236,8 @@ class AuthService:
         validation.check_identifier_key(identified_by, name_key)
         password = validation.sign_in_password(password_text)
         user_id = user.id if user is not None else None
-        account = (self._policy.signin_account_rule, f"id:{user.id}" if user is not None else f"name:{name_key}")
-        address = (self._policy.signin_ip_rule, client_key(client_ip))
-        decision = await self._limiter.hit([account, address])
-        if not decision.allowed:
-            limit = "account" if decision.rule == self._policy.signin_account_rule else "ip"
-            emit(
-                self._observer,
-                "warning",
-                "user.signin.throttled",
-                limit=limit,
-                identified_by=identified_by,
-                user_id=user_id,
-                retry_after=round(decision.retry_after, 3),
-            )
-            raise SignInThrottled(decision.retry_after)
+        account_key = f"id:{user.id}" if user is not None else f"name:{name_key}"
+        account, address = await self._charge_sign_in(account_key, client_ip, identified_by, user_id)
         try:
             if user is None:
                 await self._hasher.waste(password)
@@ -222,11 +257,118 @@ class AuthService:
         await self._limiter.refund([address])
         structlog.contextvars.bind_contextvars(user_id=user.id)
         emit(self._observer, "info", "user.signin.succeeded", identified_by=identified_by)
-        return SignIn(user, self._tokens.issue(user.id, user.scope))
+        if needs_rehash(user.password_hash, self._hasher.rounds):
+            user = await self._upgrade_hash(user, password)
+        return SignIn(user, self._issue(user))
+
+    async def change_password(self, principal: Principal, change: PasswordChange, client_ip: str) -> str:
+        """Replace the caller's password, revoking every token they hold; return a token of the new version.
+
+        The new password follows the signup rules (checked first, taking nothing from the throttle). A wrong
+        old password counts as a failed sign-in of the account: it takes a token from the account's and the
+        client IP's sign-in buckets, and an empty bucket refuses even the right one. The user is read afresh
+        (past any cache) before the old password is checked, so a token revoked meanwhile cannot change it.
+        """
+        new_password = validation.clean_new_password(change.new_password, self._policy.password_min_length)
+        old_password = validation.sign_in_password(change.old_password)
+        user_id = principal.user.id
+        account, address = await self._charge_sign_in(f"id:{user_id}", client_ip, "token", user_id)
+        async with self._password_lock(user_id):
+            try:
+                user = await self._get_fresh(user_id)
+                if user is None:
+                    self._reject_token("unknown_user")
+                if user.token_version != principal.user.token_version:
+                    self._reject_token("revoked")
+                if not await self._hasher.verify(old_password, user.password_hash):
+                    reason = "password_too_long" if len(old_password) > BCRYPT_MAX_BYTES else "wrong_password"
+                    self._reject_sign_in(reason, "token", user_id)
+                password_hash = await self._hasher.hash(new_password)
+            except (InvalidToken, Overloaded):
+                await self._limiter.refund([account, address])
+                raise
+            updated = await self._store.update(user_id, UserChanges(password_hash=password_hash, revoke_tokens=True))
+        if updated is None:
+            self._reject_token("unknown_user")
+        await self._limiter.reset([account])
+        await self._limiter.refund([address])
+        emit(self._observer, "info", "user.password_changed", via="self", user_id=user_id)
+        emit(self._observer, "info", "tokens.revoked", via="password_change", user_id=user_id)
+        return self._issue(updated)
+
+    async def log_out(self, principal: Principal) -> None:
+        """Revoke every token of the caller, the one this request carried included."""
+        user_id = principal.user.id
+        if await self._store.revoke_tokens(user_id) is None:
+            self._reject_token("unknown_user")
+        emit(self._observer, "info", "tokens.revoked", via="logout", user_id=user_id)
+
+    def _issue(self, user: User) -> str:
+        """A token for ``user`` as just stored: it carries the user's current ``token_version``."""
+        return self._tokens.issue(user.id, user.scope, version=user.token_version)
+
+    async def _upgrade_hash(self, user: User, password: bytes) -> User:
+        """Store the password just checked at the current cost (and in ``$2b$`` form), tokens untouched.
+
+        Best effort: skipped when hashing is saturated, and when the stored hash changed while the new one
+        was computed (storing it would bring back the password that was just replaced).
+        """
+        try:
+            password_hash = await self._hasher.hash(password)
+        except Overloaded:
+            emit(self._observer, "info", "user.password_rehash_skipped", reason="overloaded", user_id=user.id)
+            return user
+        async with self._password_lock(user.id):
+            current = await self._get_fresh(user.id)
+            if current is None or current.password_hash != user.password_hash:
+                emit(self._observer, "info", "user.password_rehash_skipped", reason="changed", user_id=user.id)
+                return user
+            updated = await self._store.update(user.id, UserChanges(password_hash=password_hash))
+        emit(
+            self._observer,
+            "info",
+            "user.password_rehashed",
+            user_id=user.id,
+            from_cost=hash_cost(user.password_hash),
+            to_cost=self._hasher.rounds,
+        )
+        return user if updated is None else updated
+
+    def _password_lock(self, user_id: str) -> asyncio.Lock:
+        lock = self._password_locks.get(user_id)
+        if lock is None:
+            lock = self._password_locks[user_id] = asyncio.Lock()
+        return lock
+
+    async def _charge_sign_in(
+        self, account_key: str, client_ip: str, identified_by: str, user_id: str | None
+    ) -> tuple[tuple[Rule, str], tuple[Rule, str]]:
+        """Take a token from the account's and the client IP's sign-in buckets, and return both buckets;
+        SignInThrottled when either is empty."""
+        account = (self._policy.signin_account_rule, account_key)
+        address = (self._policy.signin_ip_rule, client_key(client_ip))
+        decision = await self._limiter.hit([account, address])
+        if not decision.allowed:
+            limit = "account" if decision.rule == self._policy.signin_account_rule else "ip"
+            emit(
+                self._observer,
+                "warning",
+                "user.signin.throttled",
+                limit=limit,
+                identified_by=identified_by,
+                user_id=user_id,
+                retry_after=round(decision.retry_after, 3),
+            )
+            raise SignInThrottled(decision.retry_after)
+        return account, address
 
     def _reject_sign_in(self, reason: str, identified_by: str, user_id: str | None = None) -> NoReturn:
         emit(self._observer, "info", "user.signin.failed", reason=reason, identified_by=identified_by, user_id=user_id)
         raise InvalidCredentials()
+
+    def _reject_token(self, reason: str) -> NoReturn:
+        emit(self._observer, "warning", "token.rejected", reason=reason)
+        raise InvalidToken(reason)
 
     async def _charge_signup(self, body: Mapping[str, Any], client_ip: str) -> None:
         buckets: list[tuple[Rule, str]] = []

@@ -118,10 +118,11 @@ def stop(served: Served) -> None:
             served.process.wait()
 
 
-def post_json(served: Served, path: str, body: dict[str, str]) -> dict[str, str]:
+def post_json(served: Served, path: str, body: dict[str, str], token: str | None = None) -> dict[str, str]:
     connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
-        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        connection.request("POST", path, json.dumps(body), headers)
         response = connection.getresponse()
         payload = response.read()
     finally:
@@ -129,6 +130,18 @@ def post_json(served: Served, path: str, body: dict[str, str]) -> dict[str, str]
     assert response.status == 200, payload
     answer: dict[str, str] = json.loads(payload)
     return answer
+
+
+def user_status(served: Served, token: str) -> int:
+    """The status of GET /user with ``token``: 200 while it is valid, 401 once revoked."""
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    try:
+        connection.request("GET", "/user", headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    return response.status
 
 
 def create_admin(tmp_path: Path) -> None:
@@ -146,8 +159,15 @@ def create_admin(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
 
 
-def config(token: str) -> str:
-    """schemathesis.toml: seeded, no example database, the bearer token for operations that take one."""
+def config(token: str, own_tokens: dict[str, str]) -> str:
+    """schemathesis.toml: seeded, no example database, the bearer token for operations that take one; the
+    operations that revoke their caller's tokens (log out, change the password) each get a user of their own
+    (``own_tokens`` by operation id), so that the others keep a valid token."""
+    own = "".join(
+        f'\n[[operations]]\ninclude-operation-id = "{operation}"\n'
+        f'headers = {{ Authorization = "Bearer {own_token}" }}\n'
+        for operation, own_token in own_tokens.items()
+    )
     return f"""\
 seed = {SEED}
 color = false
@@ -177,12 +197,19 @@ checks.positive_data_acceptance.expected-statuses = ["200", "400"]
 include-operation-id = "resetForgottenPassword"
 # No generated code is a live one (400 invalid_reset_code), and the password rules are the signup's.
 checks.positive_data_acceptance.expected-statuses = ["200", "400"]
-"""
+{own}"""
+
+
+def own_token(served: Served, name: str, token: str | None = None) -> str:
+    """A token of a new user, for an operation that revokes its caller's tokens (see ``config``)."""
+    body = {"username": f"fuzz-{name}", "email": f"fuzz-{name}@example.com", "password": PASSWORD}
+    return post_json(served, "/user", body, token)["token"]
 
 
 def run_schemathesis(served: Served, tmp_path: Path, token: str) -> None:
     config_path = tmp_path / "schemathesis.toml"
-    config_path.write_text(config(token))
+    own_tokens = {operation: own_token(served, operation.lower(), token) for operation in ("logOut", "changePassword")}
+    config_path.write_text(config(token, own_tokens))
     command = [
         sys.executable,
         "-m",
@@ -202,6 +229,8 @@ def run_schemathesis(served: Served, tmp_path: Path, token: str) -> None:
         f"{' '.join(command)}\n{config_path.read_text()}\n{report}\n\nserver log (tail):\n{served.log_tail()}"
     )
     print("\n".join(report.strip().splitlines()[-12:]))  # schemathesis' summary, shown by pytest -rP
+    # Logging out was exercised with its own user's token, and left every other operation's token valid.
+    assert (user_status(served, own_tokens["logOut"]), user_status(served, token)) == (401, 200)
 
 
 @pytest.fixture

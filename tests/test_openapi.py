@@ -88,6 +88,8 @@ async def test_the_document_is_valid_openapi_3_1(client: TestClient[Any, Any]) -
         "/user/reset-password",
         "/user/forgot-password",
         "/user/forgot-password/reset",
+        "/user/change-password",
+        "/user/logout",
     }
 
 

@@ -12,6 +12,10 @@ recently loaded forgotten first. The cache never outlives a change:
   (SQLite's ``PRAGMA data_version``). It is read at most once per ``recheck`` seconds, before a request
   that uses the cache, and a new value forgets everything: such a change is seen within ``recheck``.
 
+``get_fresh_by_id`` reads one user through to the store and remembers what it read: for a reader that
+knows its copy is stale (a token carrying a newer ``token_version`` than the remembered user's was issued
+after a change this cache has not noticed yet).
+
 Lookups by username or email (sign-in, which costs a bcrypt check anyway), listings, counts, reset codes
 and delete tickets go straight to the store.
 """
@@ -64,6 +68,11 @@ class CachedUserStore:
                 self._users.popitem(last=False)
             self._users[user_id] = user
         return user
+
+    async def get_fresh_by_id(self, user_id: str) -> User | None:
+        """The user as stored now, never as remembered; the answer replaces what was remembered."""
+        self._forget(user_id)
+        return await self.get_by_id(user_id)
 
     async def get_by_username(self, username_key: str) -> User | None:
         return await self._store.get_by_username(username_key)

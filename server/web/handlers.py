@@ -8,8 +8,10 @@ import hmac
 import structlog
 from aiohttp import web
 
+from server import validation
 from server.domain import AuthenticationRequired, InvalidToken, NotReady
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.service import PasswordChange
 from server.views import user_details, user_summary
 from server.web.bodies import SECURITY_HEADERS, json_response, read_json_object
 from server.web.keys import CLIENT_IP, METRICS, METRICS_TOKEN, PRINCIPAL, READINESS, SERVICE
@@ -77,3 +79,18 @@ def _check_metrics_token(request: web.Request) -> None:
     if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected):
         metrics_log.warning("metrics.denied", reason="wrong_token")
         raise InvalidToken("wrong_metrics_token")
+
+
+async def change_password(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    change = PasswordChange(
+        old_password=validation.required_string(body, "oldPassword"),
+        new_password=validation.required_string(body, "newPassword"),
+    )
+    token = await request.app[SERVICE].change_password(request[PRINCIPAL], change, request[CLIENT_IP])
+    return json_response({"token": token}, headers=NO_STORE)
+
+
+async def log_out(request: web.Request) -> web.Response:
+    await request.app[SERVICE].log_out(request[PRINCIPAL])
+    return json_response({})

@@ -439,6 +439,37 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/user/change-password": {
+            "post": {
+                "operationId": "changePassword",
+                "summary": "Replace the caller's password; every token issued before is refused from then on.",
+                "security": [{"bearerAuth": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ChangePasswordRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("TokenResponse"), "Changed; a fresh token, the only valid one now.", _NO_STORE),
+                    **_BODY_ERRORS,
+                    "401": _error("No token, or an invalid, expired or revoked one.", _CHALLENGE),
+                    "403": _error("The old password is wrong (counted as a failed sign-in of the account)."),
+                    "429": _error("Too many failed sign-ins for this account or from this IP address.", _RETRY_AFTER),
+                    **_OVERLOADED,
+                },
+            }
+        },
+        "/user/logout": {
+            "post": {
+                "operationId": "logOut",
+                "summary": "Revoke every token of the caller, the one sent included. No body is read.",
+                "security": [{"bearerAuth": []}],
+                "responses": {
+                    "200": _json({"type": "object", "maxProperties": 0}, "Logged out everywhere: {}."),
+                    **_PROXY_ERROR,
+                    "401": _error("No token, or an invalid, expired or revoked one.", _CHALLENGE),
+                },
+            }
+        },
         "/health/live": {
             "get": {
                 "operationId": "healthLive",
@@ -556,6 +587,20 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 },
             },
             "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
+            "ChangePasswordRequest": {
+                "type": "object",
+                "description": "Other fields are ignored.",
+                "required": ["oldPassword", "newPassword"],
+                "properties": {
+                    "oldPassword": _STRING,
+                    "newPassword": {
+                        **_STRING,
+                        "minLength": 6,
+                        "description": "The signup rules: at least 6 characters (PASSWORD_MIN_LENGTH raises it) and"
+                        f" at most {BCRYPT_MAX_BYTES} bytes in UTF-8, both after NFKC normalisation.",
+                    },
+                },
+            },
             "UserSummary": {
                 "type": "object",
                 "required": ["id", "username", "isActive", "email", "plan"],

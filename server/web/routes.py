@@ -71,6 +71,8 @@ def api_routes(settings: Settings) -> list[Route]:
             "reset_forgotten_password",
             OPEN,
         ),
+        Route("POST", "/user/change-password", handlers.change_password, "change_password", AUTHENTICATED),
+        Route("POST", "/user/logout", handlers.log_out, "log_out", AUTHENTICATED),
     ]
     if settings.metrics_enabled and settings.metrics_port is None:
         routes.append(Route("GET", "/metrics", handlers.get_metrics, "metrics", Requirement(own_bearer=True)))
