@@ -1,7 +1,8 @@
 """Exact revocation: tokens carry the user's token_version (claim ``ver``), and a token is accepted only while
 its version is the stored one.
 
-For each revoking event of the user's own (change-password, logout), a token taken just before is refused on
+For each revoking event (change-password, logout, an admin setting the password or resetting it, a reset by
+code, deletion), a token taken just before is refused on
 the very next request and the fresh one accepted, also when both are issued in the same second (the app's
 wall clock is a fake that does not move). A revocation made through another store connection (the admin
 command line, another server) is seen within the user cache's recheck, and a token that another process
@@ -20,7 +21,9 @@ from server.domain import InvalidToken
 from server.security import TokenCodec
 from server.storage.sqlite import open_store
 from server.web.keys import STORE
-from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, FakeClock, bearer, sign_up
+from tests.conftest import JWT_SECRET, PASSWORD, ClientFactory, FakeClock, bearer, create_admin, sign_up
+from tests.test_api_forgot_password import Receiver, code_for, with_webhook
+from tests.test_api_forgot_password import receiver as receiver  # the fixture, for the reset by code
 
 NEW_PASSWORD = "new-pw-4b9e17"
 USER_ID = "65f1c0de0123456789abcdef"
@@ -176,3 +179,71 @@ async def test_a_password_change_on_another_server_is_honoured_here_at_once(
     assert await status_of(here, fresh) == 200
     assert await status_of(here, before) == 401
     assert (await here.app[STORE].get_by_id(claims(fresh)["id"])).token_version == 1
+
+
+# The events an admin or a reset code brings about, in one second too: the token taken just before is refused
+# on the very next request, and one taken after (a sign-in with the new password) is accepted.
+
+
+async def admin_and_alice(client: TestClient[Any, Any]) -> tuple[str, str, str]:
+    """An admin's token, Alice's token (used once, so both she and it are cached) and Alice's id."""
+    admin = await create_admin(client)
+    before = await alice(client)
+    return admin, before, claims(before)["id"]
+
+
+async def test_an_admin_setting_the_password_refuses_earlier_tokens_in_the_same_second(
+    client: TestClient[Any, Any], wall_clock: FakeClock
+) -> None:
+    admin, before, user_id = await admin_and_alice(client)
+    response = await client.put(f"/users/{user_id}", json={"password": NEW_PASSWORD}, headers=bearer(admin))
+    assert response.status == 200, await response.text()
+    assert await status_of(client, before) == 401
+    after = await sign_in(client, NEW_PASSWORD)
+    assert claims(before)["iat"] == claims(after)["iat"] == int(wall_clock.now)
+    assert await status_of(client, after) == 200
+
+
+async def test_an_admin_change_without_a_password_keeps_the_tokens(client: TestClient[Any, Any]) -> None:
+    admin, before, user_id = await admin_and_alice(client)
+    response = await client.put(f"/users/{user_id}", json={"plan": "pro"}, headers=bearer(admin))
+    assert response.status == 200
+    assert await status_of(client, before) == 200
+
+
+async def test_an_admin_reset_refuses_earlier_tokens_in_the_same_second(
+    client: TestClient[Any, Any], wall_clock: FakeClock
+) -> None:
+    admin, before, _ = await admin_and_alice(client)
+    body = {"email": "alice@example.com", "password": NEW_PASSWORD}
+    response = await client.post("/user/reset-password", json=body, headers=bearer(admin))
+    assert response.status == 200, await response.text()
+    assert await status_of(client, before) == 401
+    after = await sign_in(client, NEW_PASSWORD)
+    assert claims(before)["iat"] == claims(after)["iat"] == int(wall_clock.now)
+    assert await status_of(client, after) == 200
+
+
+async def test_a_reset_by_code_refuses_earlier_tokens_in_the_same_second(
+    make_client: ClientFactory, receiver: tuple[Receiver, str], wall_clock: FakeClock
+) -> None:
+    listener, url = receiver
+    client = await with_webhook(make_client, url)
+    before = await alice(client)
+    code = await code_for(client, listener, "alice@example.com")
+    response = await client.post("/user/forgot-password/reset", json={"code": code, "password": NEW_PASSWORD})
+    assert response.status == 200, await response.text()
+    assert await status_of(client, before) == 401
+    after = await sign_in(client, NEW_PASSWORD)
+    assert claims(before)["iat"] == claims(after)["iat"] == int(wall_clock.now)
+    assert await status_of(client, after) == 200
+
+
+async def test_deleting_a_user_refuses_their_tokens_at_once(client: TestClient[Any, Any]) -> None:
+    admin, before, user_id = await admin_and_alice(client)
+    response = await client.delete(f"/users/{user_id}", headers=bearer(admin))
+    assert response.status == 200
+    assert await status_of(client, before) == 401
+    # A new user with the freed name is someone else: the old token names the deleted id and stays refused.
+    await sign_up(client, username="alice", email="alice@example.com")
+    assert await status_of(client, before) == 401
