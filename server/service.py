@@ -67,6 +67,11 @@ OUTCOME_FIELDS = {
     "authz.denied": "reason",
     "user.password_changed": "via",
     "tokens.revoked": "via",
+    "user.updated": "via",
+    "user.deleted": "via",
+    "password_reset.rate_limited": "limit",
+    "password_reset.failed": "reason",
+    # Not password_reset.requested: it is alike for a known and an unknown address, outcome and all.
 }
 
 

@@ -164,6 +164,32 @@ async def test_failed_sign_ins_read_alike_in_the_metrics_for_known_and_unknown_a
     assert failed == 3
 
 
+async def forgot_password_for_alice(make_client: ClientFactory, alice_exists: bool) -> tuple[Any, list[Any]]:
+    """A server where alice exists or not, after forgot-password requests for her address (up to the 429):
+    its scrape, and the answers."""
+    client = await make_client(user_forgot_password_rate_limit_email=2)
+    name = "alice" if alice_exists else "bob"
+    await sign_up(client, username=name, email=f"{name}@example.com")
+    answers = []
+    for _ in range(3):
+        response = await client.post("/user/forgot-password", json={"email": "alice@example.com"})
+        headers = {key: value for key, value in response.headers.items() if key.lower() not in {"x-request-id", "date"}}
+        answers.append((response.status, headers, await response.read()))
+    return await scrape(client), answers
+
+
+async def test_forgot_password_reads_alike_in_the_metrics_for_known_and_unknown_addresses(
+    make_client: ClientFactory,
+) -> None:
+    known, known_answers = await forgot_password_for_alice(make_client, alice_exists=True)
+    unknown, unknown_answers = await forgot_password_for_alice(make_client, alice_exists=False)
+    assert [answer[0] for answer in known_answers] == [200, 200, 429]
+    assert known_answers == unknown_answers
+    assert comparable(known) == comparable(unknown)
+    requested = value(known["mixauth_auth_events"], "mixauth_auth_events_total", event="password_reset.requested")
+    assert requested == 2
+
+
 async def test_the_bucket_gauges_move_in_steps_that_hide_one_account(make_client: ClientFactory) -> None:
     # One account's username and email share a bucket, two unknown spellings make two: counted exactly, a
     # scrape would tell them apart. 1 % of a 20,000 cap is 200.
