@@ -172,6 +172,7 @@ def assert_json_error(raw: bytes, status: int, code: str) -> dict[str, str]:
     assert body["statusCode"] == status
     assert headers["content-type"].startswith("application/json")
     assert headers["x-content-type-options"] == "nosniff"
+    assert headers["server"] == "mixauth"  # never aiohttp's own, which names Python's and aiohttp's versions
     assert len(headers["x-request-id"]) == 32
     return headers
 
@@ -317,3 +318,9 @@ async def test_100_continue_still_continues(client: TestClient[Any, Any]) -> Non
 async def test_http_1_0_expectations_are_ignored(client: TestClient[Any, Any]) -> None:
     raw = await raw_exchange(client, b"POST /user/auth HTTP/1.0\r\nContent-Length: 2\r\nExpect: 200-ok\r\n\r\n{}")
     assert_json_error(raw, 400, "missing_field")
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/health/live"), ("GET", "/user"), ("GET", "/nope")])
+async def test_answers_name_the_product_but_no_version(client: TestClient[Any, Any], method: str, path: str) -> None:
+    response = await client.request(method, path)
+    assert response.headers["Server"] == "mixauth"

@@ -17,8 +17,10 @@ MAX_BODY_BYTES = 16 * 1024
 # parse time, so no handler, encoder or store ever recurses through one.
 MAX_JSON_DEPTH = 32
 _TOO_DEEP = f"The request body must be nested at most {MAX_JSON_DEPTH} levels deep."
-# On every answer: they are all JSON, and no browser may sniff one into something it would render or run.
-SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
+# On every answer: they are all JSON, and no browser may sniff one into something it would render or run. And
+# "Server" names the product only: aiohttp's own ("Python/3.11 aiohttp/3.14.5") tells a scanner which
+# versions' known bugs to try.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Server": "mixauth"}
 
 
 def _is_json_type(content_type: str) -> bool:
