@@ -8,13 +8,14 @@ Exit codes: 0 done, 2 wrk missing or a bad flag, 1 the benchmark failed (a serve
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench import report, suite
 from bench.client import ClientError
-from bench.servers import ServerError
+from bench.servers import LOOPS, ServerError
 from bench.wrk import INSTALL_HINT, WrkError, wrk_path
 from server.hashing import default_workers
 
@@ -33,15 +34,48 @@ def connection_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def loop_names(text: str) -> tuple[str, ...]:
+    loops = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not loops or any(loop not in LOOPS for loop in loops):
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(LOOPS)}, separated by commas, got {text!r}")
+    return tuple(dict.fromkeys(loops))
+
+
+def has_peer(python: str) -> bool:
+    """Whether ``python`` can run the peer (the bench-peer extra is installed there)."""
+    check = "import fastapi_users, fastapi_users_db_sqlalchemy, aiosqlite, uvicorn, uvloop, httptools"
+    return subprocess.run([python, "-c", check], capture_output=True, timeout=60, check=False).returncode == 0  # noqa: S603
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark mixauth against a bare aiohttp server and the raw bcrypt ceiling, over loopback "
-        "with wrk. About 5 minutes by default, under a minute with --quick (sign-in and signup runs stretch "
-        "on a slow or busy machine until about 30 answers fit).",
+        description="Benchmark mixauth (with its defaults, and with LOG_LEVEL=warning, and with metrics off too) "
+        "against a bare aiohttp server answering the same bytes on the same event loop, the raw bcrypt ceiling "
+        "and, with --peer, fastapi-users' full example; over loopback with wrk. About 7 minutes by default "
+        "(8 with --peer), under a minute with --quick (sign-in and signup runs stretch on a slow or busy "
+        "machine until about 30 answers fit).",
     )
-    parser.add_argument("--quick", action="store_true", help="1 run of 2 s per point, connections 8 and 64")
-    parser.add_argument("--duration", type=int, metavar="S", help="seconds per wrk run (default 8; quick 2)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 run of 2 s per point, connections 8 and 64, uvloop only"
+    )
+    parser.add_argument("--duration", type=int, metavar="S", help="seconds per wrk run (default 4; quick 2)")
+    parser.add_argument(
+        "--loops",
+        type=loop_names,
+        metavar="L,L",
+        help="event loops for GET /user: uvloop, asyncio or both (default uvloop,asyncio; quick uvloop)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="also measure fastapi-users' full example (GET /users/me) on uvicorn: pip install '.[bench-peer]'",
+    )
+    parser.add_argument(
+        "--peer-python",
+        metavar="PATH",
+        help="interpreter with the bench-peer extra that runs the peer (implies --peer; default: --python)",
+    )
     parser.add_argument("--connections", type=connection_counts, metavar="N,N", help="default 8,32,128")
     parser.add_argument("--repeats", type=int, metavar="N", help="runs per point, medians reported (default 3)")
     parser.add_argument("--starts", type=int, metavar="N", help="start-up samples per server (default 5; quick 3)")
@@ -77,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_plan(args: argparse.Namespace) -> suite.Plan:
     connections: tuple[int, ...] = args.connections or (QUICK_CONNECTIONS if args.quick else DEFAULT_CONNECTIONS)
-    duration: int = args.duration or (2 if args.quick else 8)
+    duration: int = args.duration or (2 if args.quick else 4)
     repeats: int = args.repeats or (1 if args.quick else 3)
     workers: int = args.hash_workers or default_workers()
     for name, value in (("--duration", duration), ("--repeats", repeats), ("--hash-workers", workers)):
@@ -95,6 +129,8 @@ def make_plan(args: argparse.Namespace) -> suite.Plan:
         flood_connections=args.flood_connections or sorted(connections)[len(connections) // 2],
         # A bcrypt ceiling sample needs a few checks per thread; 3 s is about a dozen each at cost 12.
         bcrypt_seconds=float(min(duration, 3)),
+        loops=args.loops or (("uvloop",) if args.quick else LOOPS),
+        peer_python=args.peer_python or (args.python if args.peer else None),
     )
 
 
@@ -108,6 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = make_plan(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if plan.peer_python is not None and not has_peer(plan.peer_python):
+        print(
+            f"bench: the peer needs fastapi-users, uvicorn, uvloop and httptools in {plan.peer_python}: "
+            "pip install '.[bench-peer]' there, or name another interpreter with --peer-python",
+            file=sys.stderr,
+        )
+        return 2
     try:
         results = suite.run(plan)
     except (ServerError, WrkError, ClientError) as exc:

@@ -3,7 +3,7 @@
 ``python -m bench.ceiling --port N [--body JSON]`` serves on 127.0.0.1. It answers GET /user (any path, in
 fact) with the same body GET /user on mixauth returns, so the difference between the two is mixauth's own
 work: middlewares, token check, database read and JSON encoding. It uses uvloop when it is importable, as
-mixauth does, and says which loop it runs on at GET /__loop.
+mixauth does (``--loop asyncio`` for the standard loop), and says which loop it runs on at GET /__loop.
 
 It imports nothing from the benchmark or the server, so its start-up time is aiohttp's own.
 """
@@ -28,8 +28,10 @@ SAMPLE_BODY: dict[str, Any] = {
 }
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's loop when uvloop is importable, else asyncio's default: the same choice as mixauth's."""
+def loop_factory(wanted: str = "uvloop") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop when wanted and importable, else asyncio's default: the same choice as mixauth's."""
+    if wanted == "asyncio":
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
@@ -55,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--body", default=json.dumps(SAMPLE_BODY), help="the JSON body to answer with")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="uvloop if importable")
     args = parser.parse_args()
     web.run_app(
         build_app(args.body.encode()),
@@ -62,7 +65,7 @@ def main() -> None:
         port=args.port,
         access_log=None,
         print=None,
-        loop=loop_factory()(),
+        loop=loop_factory(args.loop)(),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.parse
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -22,8 +23,10 @@ def call(
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
+    form: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    """One request to 127.0.0.1:``port``; the status and the raw body. Connection errors propagate."""
+    """One request to 127.0.0.1:``port`` with a JSON ``body`` or a urlencoded ``form``; the status and the raw
+    body. Connection errors propagate."""
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         all_headers = dict(headers or {})
@@ -31,6 +34,9 @@ def call(
         if body is not None:
             payload = json.dumps(body).encode()
             all_headers["Content-Type"] = "application/json"
+        elif form is not None:
+            payload = urllib.parse.urlencode(form).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
         connection.request(method, path, body=payload, headers=all_headers)
         response = connection.getresponse()
         return response.status, response.read()

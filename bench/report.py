@@ -1,5 +1,6 @@
 """Writing a run's results: ``<date>.json`` (everything), ``<date>.md`` (the tables) and ``<date>.png`` (the
-chart: GET /user throughput and p99 latency per connection count, mixauth against the ceiling server).
+chart: GET /user throughput per connection count on each event loop, mixauth with its defaults and with
+features off against the ceiling server and the peer, and p99 latency on uvloop).
 
 matplotlib is imported only to draw the chart, and only when it is installed (``pip install '.[bench]'``).
 """
@@ -36,8 +37,9 @@ def mib(kib: int) -> str:
 
 def _errors(results: dict[str, Any]) -> Iterator[str]:
     groups: list[tuple[str, dict[str, Any]]] = []
-    for server, by_connections in results["get_user"].items():
-        groups += [(f"GET /user {server} c={c}", group["median"]) for c, group in by_connections.items()]
+    for loop, servers in results["get_user"].items():
+        for server, by_connections in servers.items():
+            groups += [(f"GET /user {server} {loop} c={c}", group["median"]) for c, group in by_connections.items()]
     flood = results["get_user_under_signin_flood"]
     groups += [("GET /user during flood", flood["median"]), ("sign-in flood", flood["flood"]["median"])]
     groups += [("sign-in", results["sign_in"]["median"]), ("signup", results["sign_up"]["median"])]
@@ -46,33 +48,83 @@ def _errors(results: dict[str, Any]) -> Iterator[str]:
             yield f"{label}: {median['non_2xx']} non-2xx answers, {median['socket_errors']} socket errors"
 
 
+PEER = "fastapi_users"
+LABELS = {
+    "mixauth": "mixauth, defaults (info, metrics on)",
+    "mixauth_warning": "mixauth, LOG_LEVEL=warning",
+    "mixauth_warning_no_metrics": "mixauth, warning, METRICS_ENABLED=false",
+    "ceiling": "bare aiohttp (ceiling)",
+    PEER: "fastapi-users full example (uvicorn)",
+}
+
+
+def _loop_table(loop: str, get_user: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
+    versus = ratios["get_user_vs_ceiling"][loop]
+    lines = [
+        f"### GET /user on {loop}: mixauth against a bare aiohttp server answering the same bytes (the ceiling)",
+        "",
+        "req/s, and in brackets the fraction of the ceiling on the same loop.",
+        "",
+        "| connections | ceiling | mixauth, defaults (info, metrics on) | LOG_LEVEL=warning "
+        "| warning, METRICS_ENABLED=false | defaults p50 / p99 ms | ceiling p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for connections, group in get_user["ceiling"].items():
+        cells = [
+            f"{number(get_user[name][connections]['median']['ok_per_s'])} ({ratio(versus[name][connections])})"
+            for name in ("mixauth", "mixauth_warning", "mixauth_warning_no_metrics")
+        ]
+        ours = get_user["mixauth"][connections]["median"]
+        lines.append(
+            f"| {connections} | {number(group['median']['ok_per_s'])} | {' | '.join(cells)} "
+            f"| {number(ours['p50_ms'])} / {number(ours['p99_ms'])} | {number(group['median']['p99_ms'])} |"
+        )
+    return [*lines, ""]
+
+
+def _peer_table(get_user: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
+    lines = [
+        "### mixauth (GET /user, defaults) against fastapi-users' full example (GET /users/me), both on uvloop",
+        "",
+        "| connections | mixauth req/s | fastapi-users req/s | mixauth / fastapi-users | mixauth p99 ms "
+        "| fastapi-users p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for connections, group in get_user[PEER].items():
+        ours, peer = get_user["mixauth"][connections]["median"], group["median"]
+        lines.append(
+            f"| {connections} | {number(ours['ok_per_s'])} | {number(peer['ok_per_s'])} "
+            f"| {ratio(ratios['get_user_vs_peer'][connections])} | {number(ours['p99_ms'])} "
+            f"| {number(peer['p99_ms'])} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     plan, machine, servers = results["plan"], results["machine"], results["servers"]
-    get_user, ratios = results["get_user"], results["ratios"]
+    by_loop, ratios = results["get_user"], results["ratios"]
     load_start = machine["load_average_at_start"][:1] or ["?"]
     load_end = machine.get("load_average_at_end", [])[:1] or ["?"]
+    loops = ", ".join(
+        f"{loop} (mixauth {described['mixauth']['loop']}, ceiling {described['ceiling']['loop']})"
+        for loop, described in servers.items()
+    )
     lines = [
         f"## mixauth benchmark, {results['date']}",
         "",
-        f"{machine['cpu_model']}, {machine['cpu_count']} CPUs; Python {machine['python']}, aiohttp "
-        f"{machine['aiohttp']}; event loop: mixauth {servers['mixauth']['loop']}, ceiling "
-        f"{servers['ceiling']['loop']}; bcrypt cost {plan['bcrypt_rounds']} on {plan['hash_workers']} hashing "
-        f"threads; {machine['wrk']}, 1 thread, {plan['duration_s']} s per run, median of {plan['repeats']} "
-        f"run(s). 1-minute load average {load_start[0]} at start, {load_end[0]} at end.",
+        f"{machine['cpu_model']}, {machine['cpu_count']} CPUs, shared with other work; Python {machine['python']}, "
+        f"aiohttp {machine['aiohttp']}; event loops measured: {loops}; bcrypt cost {plan['bcrypt_rounds']} on "
+        f"{plan['hash_workers']} hashing threads; {machine['wrk']}, 1 thread, {plan['duration_s']} s per run, "
+        f"median of {plan['repeats']} run(s). 1-minute load average {load_start[0]} at start, {load_end[0]} at "
+        "end. mixauth's access lines (one per request at info) are written to a file.",
         "",
-        "### GET /user: mixauth against a bare aiohttp server answering the same body (the ceiling)",
-        "",
-        "| connections | mixauth req/s | ceiling req/s | mixauth / ceiling | mixauth p50 ms | mixauth p99 ms "
-        "| ceiling p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for connections, group in get_user["mixauth"].items():
-        ours, ceiling = group["median"], get_user["ceiling"][connections]["median"]
-        lines.append(
-            f"| {connections} | {number(ours['ok_per_s'])} | {number(ceiling['ok_per_s'])} "
-            f"| {ratio(ratios['get_user_vs_ceiling'][connections])} | {number(ours['p50_ms'])} "
-            f"| {number(ours['p99_ms'])} | {number(ceiling['p99_ms'])} |"
-        )
+    for loop, get_user in by_loop.items():
+        lines += _loop_table(loop, get_user, ratios)
+    if PEER in by_loop.get("uvloop", {}):
+        lines += _peer_table(by_loop["uvloop"], ratios)
+    first_loop = next(iter(by_loop))
+    get_user = by_loop[first_loop]
     flood = results["get_user_under_signin_flood"]
     alone = get_user["mixauth"].get(str(flood["connections"]), {}).get("median")
     checks = results["bcrypt_ceiling"]["checks_per_s"]
@@ -108,16 +160,26 @@ def markdown(results: dict[str, Any]) -> str:
         f"| {ratio(flood['flood']['median']['ok_per_s'] / checks if checks else None)} |",
         f"| start-up, spawn to first answer (median of {plan['starts']}) | {number(startup['mixauth']['median'], 's')} "
         f"| ceiling: {number(startup['ceiling']['median'], 's')} | {ratio(ratios['startup_mixauth_vs_ceiling'])} |",
+        *(
+            [
+                f"| start-up of fastapi-users' example, against mixauth's | {number(startup[PEER]['median'], 's')} "
+                f"| mixauth: {number(startup['mixauth']['median'], 's')} "
+                f"| {ratio(ratios['startup_peer_vs_mixauth'])} |"
+            ]
+            if PEER in startup
+            else []
+        ),
         f"| RSS idle, then after the load (peak) | {mib(memory['idle']['VmRSS'])}, then "
         f"{mib(memory['loaded']['VmRSS'])} ({mib(memory['loaded']['VmHWM'])}) | | "
         f"{ratio(ratios['rss_loaded_vs_idle'])} |",
         "",
     ]
-    if servers["mixauth"]["loop"] != servers["ceiling"]["loop"]:
-        lines.append(
-            f"Note: the two servers ran on different event loops (mixauth {servers['mixauth']['loop']}, ceiling "
-            f"{servers['ceiling']['loop']}), so the GET /user ratio compares the loops too.\n"
-        )
+    for loop, described in servers.items():
+        if described["mixauth"]["loop"] != loop or described["ceiling"]["loop"] != loop:
+            lines.append(
+                f"Note: asked for {loop}, the servers ran on mixauth {described['mixauth']['loop']}, ceiling "
+                f"{described['ceiling']['loop']} (is uvloop installed?).\n"
+            )
     errors = list(_errors(results))
     lines.append(
         "Errors: " + "; ".join(errors) + "."
@@ -136,26 +198,42 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
         from matplotlib import pyplot
     except ImportError:
         return "matplotlib is not installed (pip install '.[bench]'): no chart drawn"
-    get_user = results["get_user"]
-    figure, (throughput, latency) = pyplot.subplots(1, 2, figsize=(11, 4.5))
-    for server, style in (("mixauth", "o-"), ("ceiling", "s--")):
-        by_connections = get_user[server]
-        connections = [int(c) for c in by_connections]
-        label = f"{server} ({results['servers'][server]['loop']})"
-        throughput.plot(connections, [g["median"]["ok_per_s"] for g in by_connections.values()], style, label=label)
-        latency.plot(connections, [g["median"]["p99_ms"] for g in by_connections.values()], style, label=label)
-    for axes, title, unit in ((throughput, "GET /user throughput", "requests/s"), (latency, "GET /user p99", "ms")):
+    by_loop = results["get_user"]
+    panels = len(by_loop) + 1
+    figure, axes_list = pyplot.subplots(1, panels, figsize=(5.5 * panels, 4.8))
+    styles = {"mixauth": "o-", "mixauth_warning": "^-", "mixauth_warning_no_metrics": "v-", "ceiling": "s--"}
+    styles[PEER] = "x:"
+    connections: list[int] = []
+    first = next(iter(by_loop))
+    for axes, (loop, get_user) in zip(axes_list, by_loop.items(), strict=False):
+        for server, by_connections in get_user.items():
+            connections = [int(c) for c in by_connections]
+            rates = [g["median"]["ok_per_s"] for g in by_connections.values()]
+            axes.plot(connections, rates, styles.get(server, "-"), label=LABELS.get(server, server))
+        axes.set_title(f"GET /user throughput, {loop} (log scale)")
+        axes.set_ylabel("requests/s")
+        axes.set_yscale("log")
+    # The loops' throughput panels on one scale, so that the loops compare by eye too.
+    low = min(axes.get_ylim()[0] for axes in axes_list[:-1])
+    high = max(axes.get_ylim()[1] for axes in axes_list[:-1])
+    for axes in axes_list[:-1]:
+        axes.set_ylim(low, high)
+    latency = axes_list[-1]
+    for server, by_connections in by_loop[first].items():
+        p99 = [g["median"]["p99_ms"] for g in by_connections.values()]
+        latency.plot(connections, p99, styles.get(server, "-"), label=LABELS.get(server, server))
+    latency.set_title(f"GET /user p99, {first} (log scale)")
+    latency.set_ylabel("ms")
+    latency.set_yscale("log")
+    for axes in axes_list:
         axes.set_xscale("log", base=2)
         axes.set_xticks(connections, [str(c) for c in connections])
         axes.set_xlabel("connections (wrk -t1)")
-        axes.set_ylabel(unit)
-        axes.set_title(title)
-        axes.set_ylim(bottom=0)
-        axes.grid(True, alpha=0.3)
-        axes.legend()
+        axes.grid(True, alpha=0.3, which="both")
+    axes_list[0].legend(fontsize="small")
     machine = results["machine"]
     figure.suptitle(
-        f"mixauth vs bare aiohttp, {results['date']}: {machine['cpu_model']}, {machine['cpu_count']} CPUs, "
+        f"mixauth vs bare aiohttp, {results['date']}: {machine['cpu_model']}, {machine['cpu_count']} CPUs (shared), "
         f"median of {results['plan']['repeats']} x {results['plan']['duration_s']} s"
     )
     figure.tight_layout()

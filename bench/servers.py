@@ -3,6 +3,13 @@
 - mixauth exactly as a user starts it: ``python3 -m server`` with ``PYTHONPATH`` at the repository root, a
   temporary ``DATA_DIR``, a free loopback ``PORT`` and settings only through the environment.
 - the ceiling server: ``python3 -m bench.ceiling``.
+- the peer (``--peer``): fastapi-users' full example (``bench.peer_fastapi_users``) on uvicorn, with uvloop
+  and httptools, in its own interpreter (the one with the ``bench-peer`` extra).
+
+Each server's stdout and stderr go to files in the run's ``logs`` directory: mixauth's access lines (one per
+request at ``LOG_LEVEL=info``) are really written, a ``write`` per flush into the page cache, as to a log file
+or a pipe a collector drains; /dev/null would make them free. The event loop is chosen per server: mixauth's
+own choice is uvloop when it is importable, so for the standard loop it runs with uvloop hidden from imports.
 
 Start-up time is from just before the spawn to the first HTTP answer of any status. Memory is the process's
 ``VmRSS`` (and its peak, ``VmHWM``) from ``/proc/<pid>/status``; the event loop in use is read from
@@ -27,6 +34,9 @@ from server.config import OPTIONS
 ROOT = Path(__file__).resolve().parent.parent
 HIGH_LIMIT = "1000000000"
 START_DEADLINE_S = 30.0
+LOOPS = ("uvloop", "asyncio")
+# `python -m server`, with uvloop made unimportable first (a None entry in sys.modules fails the import).
+WITHOUT_UVLOOP = "import runpy, sys; sys.modules['uvloop'] = None; runpy.run_module('server', run_name='__main__')"
 
 
 class ServerError(RuntimeError):
@@ -47,13 +57,25 @@ class MixauthOptions:
     hash_workers: int
     python: str = sys.executable
     bcrypt_rounds: int | None = None
+    log_level: str = "info"
+    metrics: bool = True
+    loop: str = "uvloop"
+
+    @property
+    def label(self) -> str:
+        """How the report names these settings: ``defaults``, ``warning`` or ``warning, no metrics``."""
+        parts = [] if self.log_level == "info" else [self.log_level]
+        if not self.metrics:
+            parts.append("no metrics")
+        return ", ".join(parts) or "defaults"
 
 
 def mixauth_settings(options: MixauthOptions) -> dict[str, str]:
     """The settings the benchmark gives mixauth (environment variables), besides its address and data."""
     settings = {
         "HOST": client.HOST,
-        "LOG_LEVEL": "warning",
+        "LOG_LEVEL": options.log_level,
+        "METRICS_ENABLED": "true" if options.metrics else "false",
         "USER_SIGNUP_RATE_LIMIT_EMAIL": HIGH_LIMIT,
         "USER_SIGNUP_RATE_LIMIT_IP": HIGH_LIMIT,
         # Sign-in throttling settings: ignored by a server that does not have them.
@@ -170,15 +192,27 @@ def start_mixauth(
     config.toml is picked up); ``extra_env`` adds or overrides settings."""
     port = free_port()
     env = mixauth_env(work_dir / f"{name}-data", port, options) | dict(extra_env or {})
-    command = [options.python, "-m", "server"]
+    # For asyncio's loop: `python -m server` with `import uvloop` failing, so the server falls back to it.
+    command = [options.python, "-m", "server"] if options.loop == "uvloop" else [options.python, "-c", WITHOUT_UVLOOP]
     return _spawn(name, command, env, work_dir, work_dir / "logs", port)
 
 
 def start_ceiling(
-    work_dir: Path, python: str = sys.executable, body: str | None = None, name: str = "ceiling"
+    work_dir: Path, python: str = sys.executable, body: str | None = None, name: str = "ceiling", loop: str = "uvloop"
 ) -> ServerProcess:
     port = free_port()
-    command = [python, "-m", "bench.ceiling", "--port", str(port)]
+    command = [python, "-m", "bench.ceiling", "--port", str(port), "--loop", loop]
     if body is not None:
         command += ["--body", body]
     return _spawn(name, command, ceiling_env(), work_dir, work_dir / "logs", port)
+
+
+def start_peer(work_dir: Path, python: str, name: str = "peer") -> ServerProcess:
+    """fastapi-users' full example on uvicorn (uvloop, httptools, access log at info), its database in
+    ``work_dir/<name>-data/test.db``; ``python`` must have the ``bench-peer`` extra."""
+    port = free_port()
+    data_dir = work_dir / f"{name}-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [python, "-m", "uvicorn", "bench.peer_fastapi_users:app", "--host", client.HOST, "--port", str(port)]
+    command += ["--loop", "uvloop", "--http", "httptools", "--log-level", "info"]
+    return _spawn(name, command, ceiling_env(), data_dir, work_dir / "logs", port)

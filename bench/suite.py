@@ -4,8 +4,13 @@ The phases, in order (all load goes to 127.0.0.1 and every wrk run has a fixed d
 
 1. start-up: spawn-to-first-answer of mixauth and of the ceiling server, started alternately ``starts``
    times each, mixauth on a fresh data directory every time;
-2. mixauth and the ceiling started for the load phases; mixauth's idle RSS; one user created over HTTP;
-3. GET /user on both servers at each connection count, alternating servers, ``repeats`` rounds;
+2. for each event loop (uvloop, then asyncio's own): mixauth three times (its defaults: ``LOG_LEVEL=info``,
+   every access line written, and metrics on, on their own listener; ``LOG_LEVEL=warning``; warning and
+   ``METRICS_ENABLED=false``) and the ceiling on that loop, one user created over HTTP on each mixauth; with
+   ``--peer``, fastapi-users' full example too (uvloop only, as its documentation runs it) and its user;
+3. GET /user on every server at each connection count, alternating servers, ``repeats`` rounds (the peer's
+   GET /users/me with its own token); the servers of that loop stopped, except mixauth with its defaults on
+   the first loop, whose idle RSS was taken before and which runs the phases below;
 4. GET /user on mixauth while a second wrk floods POST /user/auth with the right password;
 5. POST /user/auth alone, then POST /user with a new user per request, each run long enough for about
    MIN_BCRYPT_REQUESTS answers at the bcrypt ceiling and preceded by a fresh bcrypt ceiling sample (the
@@ -20,6 +25,7 @@ Medians are taken over the repeats; the raw runs are kept next to them.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import statistics
@@ -27,16 +33,31 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench import bcrypt_ceiling, client, machine
 from bench.bcrypt_ceiling import BcryptRun
-from bench.servers import MixauthOptions, ServerProcess, mixauth_settings, start_ceiling, start_mixauth
+from bench.servers import (
+    MixauthOptions,
+    ServerProcess,
+    mixauth_settings,
+    start_ceiling,
+    start_mixauth,
+    start_peer,
+)
 from bench.wrk import WrkJob, WrkResult
 from server.config import Settings
+
+# The mixauth settings measured side by side: its defaults, then with each feature's cost taken away.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mixauth": {},
+    "mixauth_warning": {"log_level": "warning"},
+    "mixauth_warning_no_metrics": {"log_level": "warning", "metrics": False},
+}
+PEER = "fastapi_users"
 
 # Sign-ins and signups wait for bcrypt; at cost 12 a queue of a few requests per thread is seconds long.
 BCRYPT_TIMEOUT_S = 60
@@ -61,6 +82,8 @@ class Plan:
     bcrypt_connections: int
     flood_connections: int
     bcrypt_seconds: float
+    loops: tuple[str, ...] = ("uvloop",)
+    peer_python: str | None = None
 
     @property
     def effective_rounds(self) -> int:
@@ -108,6 +131,8 @@ class Run:
         self.username = f"bench{self.prefix}"
         self.password = secrets.token_hex(12)
         self.token = ""
+        self.tokens: dict[int, str] = {}  # by server port
+        self.paths: dict[int, str] = {}  # by server port, where it is not GET /user (the peer's)
         self.mixauth_options = MixauthOptions(
             hash_workers=plan.hash_workers, python=plan.python, bcrypt_rounds=plan.bcrypt_rounds
         )
@@ -129,6 +154,8 @@ class Run:
                 "flood_connections": self.plan.flood_connections,
                 "bcrypt_seconds": self.plan.bcrypt_seconds,
                 "wrk_threads": 1,
+                "loops": list(self.plan.loops),
+                "peer": self.plan.peer_python is not None,
             },
             "machine": machine.describe(),
         }
@@ -137,16 +164,13 @@ class Run:
         bcrypt_duration = self.bcrypt_duration(results["bcrypt_ceiling"]["checks_per_s"])
         results["plan"]["bcrypt_duration_s"] = bcrypt_duration
         mixauth: ServerProcess | None = None
-        ceiling: ServerProcess | None = None
         try:
-            say("starting mixauth and the ceiling server for the load phases")
-            mixauth = start_mixauth(self.work_dir, self.mixauth_options)
-            time.sleep(0.5)
-            idle_memory = mixauth.memory_kib()
-            body = self.create_user(mixauth)
-            ceiling = start_ceiling(self.work_dir, self.plan.python, body)
-            results["servers"] = self.describe_servers(mixauth, ceiling, body)
-            results["get_user"] = self.get_user_sweep(mixauth, ceiling)
+            results["get_user"], results["servers"] = {}, {}
+            for loop in self.plan.loops:
+                kept, idle = self.loop_phase(loop, results, keep=mixauth is None)
+                if kept is not None:
+                    mixauth, idle_memory = kept, idle
+            assert mixauth is not None
             results["get_user_under_signin_flood"] = self.flood(mixauth)
             connections, duration = self.plan.bcrypt_connections, bcrypt_duration
             results["sign_in"] = self.bcrypt_endpoint(
@@ -157,9 +181,8 @@ class Run:
             )
             results["memory_kib"] = {"idle": idle_memory, "loaded": mixauth.memory_kib()}
         finally:
-            for server in (ceiling, mixauth):
-                if server is not None:
-                    server.stop()
+            if mixauth is not None:
+                mixauth.stop()
         results["bcrypt_ceiling"] = all_bcrypt_samples(results)
         results["ratios"] = ratios(results)
         results["machine"]["load_average_at_end"] = machine.load_average()
@@ -168,14 +191,50 @@ class Run:
 
     # -- phases ---------------------------------------------------------------------------------------------
 
+    def loop_phase(self, loop: str, results: dict[str, Any], keep: bool) -> tuple[ServerProcess | None, dict[str, int]]:
+        """Start this loop's servers, sweep GET /user over them, stop them; with ``keep``, mixauth with its
+        defaults stays running (returned with its idle RSS) for the phases after."""
+        say(f"{loop}: starting mixauth ({', '.join(VARIANTS)}) and the ceiling")
+        servers: dict[str, ServerProcess] = {}
+        kept: ServerProcess | None = None
+        idle: dict[str, int] = {}
+        try:
+            for name, changes in VARIANTS.items():
+                options = replace(self.mixauth_options, loop=loop, **changes)
+                servers[name] = start_mixauth(self.work_dir, options, name=f"{name}-{loop}")
+                if name == "mixauth" and keep:
+                    time.sleep(0.5)
+                    idle = servers[name].memory_kib()
+            bodies = {name: self.create_user(server) for name, server in servers.items()}
+            body = bodies["mixauth"]
+            servers["ceiling"] = start_ceiling(self.work_dir, self.plan.python, body, f"ceiling-{loop}", loop)
+            described = self.describe_servers(servers, body, loop)
+            if self.plan.peer_python is not None and loop == "uvloop":
+                say("starting the peer: fastapi-users' full example on uvicorn")
+                servers[PEER] = start_peer(self.work_dir, self.plan.peer_python, PEER)
+                described[PEER] = self.create_peer_user(servers[PEER])
+            results["servers"][loop] = described
+            results["get_user"][loop] = self.get_user_sweep(servers)
+            if keep:
+                kept = servers.pop("mixauth")
+        finally:
+            for server in servers.values():
+                server.stop()
+        return kept, idle
+
     def measure_startup(self) -> dict[str, Any]:
         say(f"start-up: {self.plan.starts} starts of each server")
         samples: dict[str, list[float]] = {"mixauth": [], "ceiling": []}
+        if self.plan.peer_python is not None:
+            samples[PEER] = []
         for attempt in range(self.plan.starts):
             for name in samples:
                 label = f"startup-{name}-{attempt}"
                 if name == "mixauth":
                     server = start_mixauth(self.work_dir, self.mixauth_options, name=label)
+                elif name == PEER:
+                    assert self.plan.peer_python is not None
+                    server = start_peer(self.work_dir, self.plan.peer_python, name=label)
                 else:
                     server = start_ceiling(self.work_dir, self.plan.python, name=label)
                 try:
@@ -187,25 +246,55 @@ class Run:
     def create_user(self, mixauth: ServerProcess) -> str:
         """Sign up the benchmark's user; its token; mixauth's GET /user body (the ceiling answers the same)."""
         signup = {"username": self.username, "email": f"{self.username}@example.com", "password": self.password}
-        self.token = client.expect_json(mixauth.port, "POST", "/user", signup)["token"]
-        status, raw = client.call(mixauth.port, "GET", "/user", headers={"Authorization": f"Bearer {self.token}"})
+        token = client.expect_json(mixauth.port, "POST", "/user", signup)["token"]
+        self.token = self.token or token
+        self.tokens[mixauth.port] = token
+        status, raw = client.call(mixauth.port, "GET", "/user", headers={"Authorization": f"Bearer {token}"})
         if status != 200:
             raise client.ClientError(f"GET /user answered {status}: {raw[:300]!r}")
         return raw.decode()
 
-    def describe_servers(self, mixauth: ServerProcess, ceiling: ServerProcess, body: str) -> dict[str, Any]:
+    def create_peer_user(self, peer: ServerProcess) -> dict[str, Any]:
+        """Register the benchmark's user on the peer and sign in for a JWT, as its documentation shows."""
+        email = f"{self.username}@example.com"
+        status, raw = client.call(peer.port, "POST", "/auth/register", {"email": email, "password": self.password})
+        if status != 201:
+            raise client.ClientError(f"peer POST /auth/register answered {status}: {raw[:300]!r}")
+        status, raw = client.call(
+            peer.port, "POST", "/auth/jwt/login", form={"username": email, "password": self.password}
+        )
+        if status != 200:
+            raise client.ClientError(f"peer POST /auth/jwt/login answered {status}: {raw[:300]!r}")
+        token = json.loads(raw)["access_token"]
+        self.tokens[peer.port] = token
+        self.paths[peer.port] = "/users/me"
+        me = client.expect_json(peer.port, "GET", "/users/me", token=token)
+        return {
+            "command": "python -m uvicorn bench.peer_fastapi_users:app --loop uvloop --http httptools",
+            "interpreter": self.plan.peer_python,
+            "loop": peer.event_loop(),
+            "get_user_path": "/users/me",
+            "get_user_body_bytes": len(json.dumps(me, separators=(",", ":")).encode()),
+        }
+
+    def describe_servers(self, servers: dict[str, ServerProcess], body: str, loop: str) -> dict[str, Any]:
+        ceiling = servers["ceiling"]
         reported = client.expect_json(ceiling.port, "GET", "/__loop")["loop"]
         _, ceiling_body = client.call(ceiling.port, "GET", "/user")
+        described: dict[str, Any] = {
+            name: {
+                "command": "python3 -m server" if loop == "uvloop" else "python3 -m server, uvloop unimportable",
+                "loop": servers[name].event_loop(),
+                "get_user_body_bytes": len(body.encode()),
+                "env": mixauth_settings(replace(self.mixauth_options, loop=loop, **changes)),
+            }
+            for name, changes in VARIANTS.items()
+        }
         return {
             "interpreter": self.plan.python,
-            "mixauth": {
-                "command": "python3 -m server",
-                "loop": mixauth.event_loop(),
-                "get_user_body_bytes": len(body.encode()),
-                "env": mixauth_settings(self.mixauth_options),
-            },
+            **described,
             "ceiling": {
-                "command": "python3 -m bench.ceiling",
+                "command": f"python3 -m bench.ceiling --loop {loop}",
                 "loop": ceiling.event_loop(),
                 "loop_reported": reported,
                 "get_user_body_bytes": len(ceiling_body),
@@ -213,15 +302,15 @@ class Run:
             "loop_detection": "uvloop's extension module mapped in /proc/<pid>/maps",
         }
 
-    def get_user_sweep(self, mixauth: ServerProcess, ceiling: ServerProcess) -> dict[str, Any]:
+    def get_user_sweep(self, servers: dict[str, ServerProcess]) -> dict[str, Any]:
         plan = self.plan
-        say(f"GET /user: {len(plan.connections)} connection counts x {plan.repeats} rounds x 2 servers")
-        for server in (mixauth, ceiling):  # warm-up, not recorded
+        say(f"GET /user: {len(plan.connections)} connection counts x {plan.repeats} rounds x {len(servers)} servers")
+        for server in servers.values():  # warm-up, not recorded
             self.get_job(server, plan.connections[0], 1).run()
-        runs: dict[str, dict[int, list[WrkResult]]] = {"mixauth": {}, "ceiling": {}}
+        runs: dict[str, dict[int, list[WrkResult]]] = {name: {} for name in servers}
         for _ in range(plan.repeats):
             for connections in plan.connections:
-                for name, server in (("mixauth", mixauth), ("ceiling", ceiling)):
+                for name, server in servers.items():
                     server.check_alive()
                     result = self.get_job(server, connections, plan.duration_s).run()
                     runs[name].setdefault(connections, []).append(result)
@@ -294,7 +383,10 @@ class Run:
     # -- wrk jobs -------------------------------------------------------------------------------------------
 
     def get_job(self, server: ServerProcess, connections: int, duration_s: int) -> WrkJob:
-        return WrkJob(server.url("/user"), "get_user.lua", connections, duration_s, GET_TIMEOUT_S, (self.token,))
+        """GET /user with the server's own user's token (the ceiling ignores it; the peer's is GET /users/me)."""
+        path = self.paths.get(server.port, "/user")
+        token = self.tokens.get(server.port, self.token)
+        return WrkJob(server.url(path), "get_user.lua", connections, duration_s, GET_TIMEOUT_S, (token,))
 
     def signin_job(self, server: ServerProcess, connections: int, duration_s: int) -> WrkJob:
         return WrkJob(
@@ -336,17 +428,31 @@ def all_bcrypt_samples(results: dict[str, Any]) -> dict[str, Any]:
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """Every comparison the report shows, from the medians already in ``results``."""
-    get_user = results["get_user"]
+    by_loop = results["get_user"]
     checks = results["bcrypt_ceiling"]["checks_per_s"]
     flood = results["get_user_under_signin_flood"]
-    alone = get_user["mixauth"].get(str(flood["connections"]))
+    first = next(iter(by_loop.values()))
+    alone = first["mixauth"].get(str(flood["connections"]))
     startup = results["startup_s"]
     memory = results["memory_kib"]
+
+    def versus(get_user: dict[str, Any], name: str, other: str) -> dict[str, float | None]:
+        return {
+            connections: _ratio(group["median"]["ok_per_s"], get_user[other][connections]["median"]["ok_per_s"])
+            for connections, group in get_user[name].items()
+        }
+
+    peer_loop = by_loop.get("uvloop", {})
     return {
+        # Per loop, each mixauth setting against the ceiling on the same loop.
         "get_user_vs_ceiling": {
-            connections: _ratio(group["median"]["ok_per_s"], get_user["ceiling"][connections]["median"]["ok_per_s"])
-            for connections, group in get_user["mixauth"].items()
+            loop: {name: versus(get_user, name, "ceiling") for name in VARIANTS} for loop, get_user in by_loop.items()
         },
+        # mixauth with its defaults (GET /user) against the peer (GET /users/me), both on uvloop.
+        "get_user_vs_peer": versus(peer_loop, "mixauth", PEER) if PEER in peer_loop else None,
+        "startup_peer_vs_mixauth": (
+            _ratio(startup[PEER]["median"], startup["mixauth"]["median"]) if PEER in startup else None
+        ),
         # Each run against the ceiling measured just before it (median of those pairs), then against the
         # median of every bcrypt sample of the run.
         "sign_in_vs_bcrypt_ceiling": results["sign_in"]["vs_adjacent_bcrypt_ceiling"],
