@@ -241,8 +241,8 @@ class AuthService:
         validation.check_identifier_key(identified_by, name_key)
         password = validation.sign_in_password(password_text)
         user_id = user.id if user is not None else None
-        account_key = f"id:{user.id}" if user is not None else f"name:{name_key}"
-        account, address = await self._charge_sign_in(account_key, client_ip, identified_by, user_id)
+        key = account_key(user.id) if user is not None else f"name:{name_key}"
+        account, address = await self._charge_sign_in(key, client_ip, identified_by, user_id)
         try:
             if user is None:
                 await self._hasher.waste(password)
@@ -277,7 +277,7 @@ class AuthService:
         new_password = validation.clean_new_password(change.new_password, self._policy.password_min_length)
         old_password = validation.sign_in_password(change.old_password)
         user_id = principal.user.id
-        account, address = await self._charge_sign_in(f"id:{user_id}", client_ip, "token", user_id)
+        account, address = await self._charge_sign_in(account_key(user_id), client_ip, "token", user_id)
         async with self._password_lock(user_id):
             try:
                 user = await self._get_fresh(user_id)
@@ -395,6 +395,11 @@ class AuthService:
         if email_limited:
             raise SignupEmailRateLimited(decision.retry_after)
         raise SignupIpRateLimited(decision.retry_after)
+
+
+def account_key(user_id: str) -> str:
+    """The sign-in throttle's key for a known account, however the caller named it (username, email, token)."""
+    return f"id:{user_id}"
 
 
 def client_key(client_ip: str) -> str:
