@@ -11,9 +11,7 @@ moment, and ``authenticate`` refuses a token whose version is not the stored one
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +47,6 @@ from server.security import (
     hash_cost,
     identifier_key,
     needs_rehash,
-    new_user_id,
 )
 
 log = structlog.get_logger("mixauth.auth")
@@ -436,13 +433,17 @@ async def register_user(
         )
         metadata = validation.optional_metadata(body)
         password_hash = await hasher.hash(password)
-        new_user = build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
-        # ``created`` in milliseconds (the id holds whole seconds), so users made in one second sort in order.
-        now = time.time()
-        new_user = dataclasses.replace(
-            new_user, id=new_user_id(now), created=int(now * 1000), vendor=policy.default_vendor
+        user = await store.add(
+            build_new_user(
+                username,
+                email,
+                password_hash,
+                tuple(scope),
+                policy.default_plan,
+                metadata,
+                vendor=policy.default_vendor,
+            )
         )
-        user = await store.add(new_user)
     except MixauthError as exc:
         emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)
         raise
