@@ -42,7 +42,7 @@ from server.domain import (
 )
 from server.hashing import PasswordHasher
 from server.security import email_key
-from server.service import UNOBSERVED, EventObserver, client_key, emit
+from server.service import UNOBSERVED, EventObserver, account_key, client_key, emit
 
 log = structlog.get_logger("mixauth.recovery")
 
@@ -183,7 +183,7 @@ class RecoveryService:
         if user is None:  # deleted since the code was made
             self._reject_reset("user_deleted")
         # The sign-in throttle's account bucket, keyed as AuthService.sign_in keys it for a known user.
-        await self._limiter.reset([(self._policy.signin_account_rule, f"id:{user.id}")])
+        await self._limiter.reset([(self._policy.signin_account_rule, account_key(user.id))])
         emit(self._observer, "info", "password_reset.completed", user_id=user.id)
         emit(self._observer, "info", "user.password_changed", user_id=user.id, via="reset")
         emit(self._observer, "info", "tokens.revoked", user_id=user.id, via="reset", version=user.token_version)

@@ -11,9 +11,7 @@ moment, and ``authenticate`` refuses a token whose version is not the stored one
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +47,6 @@ from server.security import (
     hash_cost,
     identifier_key,
     needs_rehash,
-    new_user_id,
 )
 
 log = structlog.get_logger("mixauth.auth")
@@ -241,8 +238,8 @@ class AuthService:
         validation.check_identifier_key(identified_by, name_key)
         password = validation.sign_in_password(password_text)
         user_id = user.id if user is not None else None
-        account_key = f"id:{user.id}" if user is not None else f"name:{name_key}"
-        account, address = await self._charge_sign_in(account_key, client_ip, identified_by, user_id)
+        key = account_key(user.id) if user is not None else f"name:{name_key}"
+        account, address = await self._charge_sign_in(key, client_ip, identified_by, user_id)
         try:
             if user is None:
                 await self._hasher.waste(password)
@@ -277,7 +274,7 @@ class AuthService:
         new_password = validation.clean_new_password(change.new_password, self._policy.password_min_length)
         old_password = validation.sign_in_password(change.old_password)
         user_id = principal.user.id
-        account, address = await self._charge_sign_in(f"id:{user_id}", client_ip, "token", user_id)
+        account, address = await self._charge_sign_in(account_key(user_id), client_ip, "token", user_id)
         async with self._password_lock(user_id):
             try:
                 user = await self._get_fresh(user_id)
@@ -397,6 +394,11 @@ class AuthService:
         raise SignupIpRateLimited(decision.retry_after)
 
 
+def account_key(user_id: str) -> str:
+    """The sign-in throttle's key for a known account, however the caller named it (username, email, token)."""
+    return f"id:{user_id}"
+
+
 def client_key(client_ip: str) -> str:
     """The rate-limit key for a client address: IPv6 clients by their /64 network, which one host controls.
 
@@ -431,13 +433,17 @@ async def register_user(
         )
         metadata = validation.optional_metadata(body)
         password_hash = await hasher.hash(password)
-        new_user = build_new_user(username, email, password_hash, tuple(scope), policy.default_plan, metadata)
-        # ``created`` in milliseconds (the id holds whole seconds), so users made in one second sort in order.
-        now = time.time()
-        new_user = dataclasses.replace(
-            new_user, id=new_user_id(now), created=int(now * 1000), vendor=policy.default_vendor
+        user = await store.add(
+            build_new_user(
+                username,
+                email,
+                password_hash,
+                tuple(scope),
+                policy.default_plan,
+                metadata,
+                vendor=policy.default_vendor,
+            )
         )
-        user = await store.add(new_user)
     except MixauthError as exc:
         emit(observer, "info", "user.signup.rejected", reason=exc.code, via=via)
         raise

@@ -48,7 +48,7 @@ from server.domain import (
     UserStore,
 )
 from server.jsontext import TooDeep, loads_strict
-from server.security import email_key, identifier_key, username_skeleton
+from server.security import build_new_user, email_key, identifier_key, username_skeleton
 from server.views import user_object
 
 log = structlog.get_logger("mixauth.transfer")
@@ -123,17 +123,14 @@ def parse_line(raw: bytes, *, default_plan: str) -> NewUser:
     if not BCRYPT_HASH_PATTERN.fullmatch(password_hash):
         raise InvalidField("The password is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 to 31, then 53 characters).")
     metadata = validation.optional_metadata(document)
-    return NewUser(
-        id=user_id,
-        username=username,
-        username_key=identifier_key(username),
-        username_skeleton=username_skeleton(username),
-        email=email,
-        email_key=email_key(email),
-        password_hash=password_hash,
-        scope=_scope(document.get("scope")),
-        plan=_plan(document.get("plan"), default_plan),
-        metadata=metadata or None,
+    return build_new_user(
+        username,
+        email,
+        password_hash,
+        _scope(document.get("scope")),
+        _plan(document.get("plan"), default_plan),
+        metadata or None,
+        user_id=user_id,
         vendor=_vendor(document.get("vendor")),
         created=_created(document.get("created")),
         is_active=_boolean(document, "isActive"),

@@ -626,7 +626,7 @@ async def test_signups_keep_their_millisecond_so_one_second_sorts_in_order(
     client: TestClient[Any, Any], admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     moments = iter([1_800_000_000.750, 1_800_000_000.250])  # one second; ids alone would order them at random
-    monkeypatch.setattr("server.service.time", SimpleNamespace(time=lambda: next(moments)))
+    monkeypatch.setattr("server.security.time", SimpleNamespace(time=lambda: next(moments)))
     await sign_up(client, "later", "later@example.com")
     await sign_up(client, "early", "early@example.com")
     body = await get_json(client, "/users?sort=created:1&filter=scope:user", admin)
