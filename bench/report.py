@@ -233,7 +233,8 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     axes_list[0].legend(fontsize="small")
     machine = results["machine"]
     figure.suptitle(
-        f"mixauth vs bare aiohttp, {results['date']}: {machine['cpu_model']}, {machine['cpu_count']} CPUs (shared), "
+        f"mixauth vs bare aiohttp{' and fastapi-users' if PEER in by_loop.get('uvloop', {}) else ''}, "
+        f"{results['date']}: {machine['cpu_model']}, {machine['cpu_count']} CPUs (shared), "
         f"median of {results['plan']['repeats']} x {results['plan']['duration_s']} s"
     )
     figure.tight_layout()
