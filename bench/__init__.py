@@ -5,8 +5,9 @@ Modules, one job each:
 
 - ``bench.__main__``: the command line; picks the settings and calls ``bench.suite``.
 - ``bench.suite``: the run itself, phase by phase, and the ratios between the figures.
-- ``bench.servers``: starting, probing, measuring and stopping the mixauth and ceiling subprocesses.
+- ``bench.servers``: starting, probing, measuring and stopping the mixauth, ceiling and peer subprocesses.
 - ``bench.ceiling``: the bare aiohttp server that answers GET /user's body with no work at all.
+- ``bench.peer_fastapi_users``: the peer (``--peer``), fastapi-users' documented full example, run on uvicorn.
 - ``bench.wrk``: running ``wrk`` with the Lua scripts in ``bench/lua`` and parsing its output.
 - ``bench.bcrypt_ceiling``: bcrypt checks per second on this machine, in-process, on N threads.
 - ``bench.machine``: what the machine and the software are (CPU, cores, versions, load).
