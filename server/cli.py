@@ -44,9 +44,9 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO, TypeVar
 
-from server import __version__, transfer
+from server import __version__
 from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
 from server.domain import MixauthError, User, UserStore
 from server.hashing import PasswordHasher
@@ -59,6 +59,9 @@ from server.users import DEFAULT_PAGE_SIZE, UserAdministration, UserCreation
 from server.views import iso_ms, user_object
 from server.web import serving
 from server.web.app import auth_policy, create_app
+
+if TYPE_CHECKING:  # imported by the two commands that use it: serving does not pay for it at start-up
+    from server import transfer
 
 T = TypeVar("T")
 
@@ -398,6 +401,7 @@ def check_config_command(settings: Settings, args: argparse.Namespace, stdin: Te
 
 
 def export_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    from server import transfer
     async def run(write: Callable[[bytes], object]) -> int:
         async with _open_existing_store(settings) as store:
             return await transfer.export_users(store, write)
@@ -417,6 +421,7 @@ def export_users_command(settings: Settings, args: argparse.Namespace, stdin: Te
 
 
 def import_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    from server import transfer
     async def check(store: UserStore | None, source: BinaryIO, size: int | None) -> transfer.ImportPlan:
         progress = Progress(sys.stderr, f"checking {args.file}", size)
         plan = await transfer.plan_import(
