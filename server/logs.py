@@ -119,7 +119,10 @@ def hints_in(text: str, hints: tuple[str, ...] = _HINTS) -> tuple[str, ...]:
     """Which of ``hints`` the lower-cased ``text`` holds: none means no text pattern can match in it, and (for a
     rendered line) no field is named like a secret."""
     lowered = text.lower()
-    return tuple([hint for hint in hints if hint in lowered])
+    for hint in hints:
+        if hint in lowered:
+            return tuple([hint for hint in hints if hint in lowered])
+    return ()  # the common case, a clean line: each hint searched for once, no tuple built
 
 
 def redact_text(text: str, hints: tuple[str, ...] = _HINTS) -> str:
