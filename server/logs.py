@@ -18,7 +18,8 @@ messages never appear in a traceback. Tracebacks are rendered as data without lo
 Logging never fails and never writes anything but JSON lines: text that JSON cannot carry (lone
 surrogates from bytes decoded with ``surrogateescape``) is escaped, a line that cannot be rendered at all
 becomes a ``log.unrenderable`` line naming the error, and a stream that cannot be written to drops the
-line rather than raising into the request that logged it.
+line rather than raising into the request that logged it. On the server (stdout), the lines logged in one
+turn of the event loop are written together when it ends, in order; see ``_LineWriter``.
 """
 
 from __future__ import annotations
