@@ -9,18 +9,28 @@
   ``server.web.app``) and the cap, the password-hashing pool's workers, busy workers and queue depth, and
   the sizes of the token and user caches.
 
-Where it is served, and who may read it, is ``server.web.app``'s and ``handlers.get_metrics``'s.
 - ``mixauth_build_info``: version, Python and aiohttp.
+
+Where it is served, and who may read it, is ``server.web.app``'s and ``handlers.get_metrics``'s.
+
+The request and auth-event counts are plain numbers kept on the event loop (every observation is on it),
+turned into metric families only when scraped: a prometheus-client ``Counter`` or ``Histogram`` takes a
+lock and a label lookup on every observation, about as much as the rest of counting a request. The
+families are the ones those classes would expose, series for series: names, types, labels, buckets and
+each series' ``_created`` time.
 """
 
 from __future__ import annotations
 
 import platform
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+import prometheus_client.metrics
+from prometheus_client import CollectorRegistry, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from server import __version__
@@ -41,49 +51,84 @@ class _Readings(Collector):
             yield GaugeMetricFamily(name, documentation, value=read())
 
 
+REQUEST_LABELS = ("route", "method", "status")
+EVENT_LABELS = ("event", "outcome")
+_REQUESTS = ("mixauth_http_requests", "HTTP requests answered, by route, method and status.")
+_LATENCY = ("mixauth_http_request_duration_seconds", "Time to answer HTTP requests, by route, method and status.")
+_EVENTS = ("mixauth_auth_events", "Auth events (the JSON log's event names), by outcome: reason, limit or via.")
+# The "le" labels, as prometheus-client writes these bounds.
+_BUCKET_NAMES = [str(float(bound)) for bound in LATENCY_BUCKETS] + ["+Inf"]
+
+
+class _Series:
+    """One (route, method, status): its count, latency sum and latency counts per bucket (not cumulative)."""
+
+    __slots__ = ("buckets", "count", "created", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: above every bound
+        self.created = time.time()
+
+
+class _Counts(Collector):
+    """The request and auth-event counters, as prometheus-client's Counter and Histogram would expose them."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], _Series] = {}
+        self.events: dict[tuple[str, str], list[float]] = {}  # [count, created]
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        # As prometheus-client's own metrics: no _created series once disable_created_metrics() was called.
+        created = getattr(prometheus_client.metrics, "_use_created", True)
+        requests = CounterMetricFamily(*_REQUESTS, labels=REQUEST_LABELS)
+        latency = HistogramMetricFamily(*_LATENCY, labels=REQUEST_LABELS)
+        for (route, method, status), series in self.requests.items():
+            labels = [route, method, str(status)]
+            requests.add_metric(labels, series.count, created=series.created if created else None)
+            cumulative, buckets = 0, []
+            for name, count in zip(_BUCKET_NAMES, series.buckets, strict=True):
+                cumulative += count
+                buckets.append((name, float(cumulative)))
+            latency.add_metric(labels, buckets, series.total)
+            if created:
+                latency.add_sample(
+                    f"{_LATENCY[0]}_created", dict(zip(REQUEST_LABELS, labels, strict=True)), series.created
+                )
+        events = CounterMetricFamily(*_EVENTS, labels=EVENT_LABELS)
+        for (event, outcome), (times, since) in self.events.items():
+            events.add_metric([event, outcome], times, created=since if created else None)
+        yield requests
+        yield latency
+        yield events
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._requests = Counter(
-            "mixauth_http_requests",
-            "HTTP requests answered, by route, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "mixauth_http_request_duration_seconds",
-            "Time to answer HTTP requests, by route, method and status.",
-            ["route", "method", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._events = Counter(
-            "mixauth_auth_events",
-            "Auth events (the JSON log's event names), by outcome: reason, limit or via.",
-            ["event", "outcome"],
-            registry=self.registry,
-        )
+        self._counts = _Counts()
+        self.registry.register(self._counts)
         Info("mixauth_build", "The running build.", registry=self.registry).info(
             {"version": __version__, "python": platform.python_version(), "aiohttp": aiohttp.__version__}
         )
         self._readings = _Readings()
         self.registry.register(self._readings)
-        # Label children by their labels: looking them up is most of the cost of counting a request.
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def auth_event(self, event: str, outcome: str) -> None:
-        self._events.labels(event, outcome).inc()
+        counted = self._counts.events.get((event, outcome))
+        if counted is None:
+            self._counts.events[(event, outcome)] = [1.0, time.time()]
+        else:
+            counted[0] += 1
 
     def request_answered(self, route: str, method: str, status: int, seconds: float) -> None:
-        children = self._children.get((route, method, status))
-        if children is None:
-            labels = (route, method, str(status))
-            children = self._children[(route, method, status)] = (
-                self._requests.labels(*labels),
-                self._latency.labels(*labels),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        series = self._counts.requests.get((route, method, status))
+        if series is None:
+            series = self._counts.requests[(route, method, status)] = _Series()
+        series.count += 1
+        series.total += seconds
+        series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as the gauge ``name`` at every scrape."""

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import server.logs
 from server.logs import (
     MALFORMED_REQUEST_EVENT,
     REDACTED,
@@ -278,7 +279,7 @@ def test_a_record_that_cannot_be_rendered_is_one_json_line(
     configure_logging("info", stream=stream)
     logging.getLogger("aiohttp.web").warning("%d requests", "not a number")  # the stdlib's own formatting fails
     # Any step of the chain failing, on either path, the renderer included.
-    monkeypatch.setattr(structlog.processors.TimeStamper, "__call__", lambda *args: 1 / 0)
+    monkeypatch.setattr(server.logs._Timestamper, "__call__", lambda *args: 1 / 0)
     structlog.get_logger("mixauth.test").info("user.created")
     logging.getLogger("asyncio").error("a foreign record")
     lines = lines_of(stream)

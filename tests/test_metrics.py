@@ -401,3 +401,58 @@ async def test_the_server_process_serves_metrics_on_its_listener_only(tmp_path: 
         code, _, err = server.stop()
     assert code == 0
     assert err == ""
+
+
+def test_counts_kept_on_the_loop_scrape_as_prometheus_clients_own_counter_and_histogram() -> None:
+    """The request and event counts are plain numbers exposed by a collector: the scrape has the families,
+    types, series, buckets (bounds inclusive) and values prometheus-client's Counter and Histogram give."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from server.metrics import LATENCY_BUCKETS, Metrics
+
+    reference = CollectorRegistry()
+    labels = ["route", "method", "status"]
+    requests = Counter("mixauth_http_requests", "", labels, registry=reference)
+    latency = Histogram(
+        "mixauth_http_request_duration_seconds", "", labels, buckets=LATENCY_BUCKETS, registry=reference
+    )
+    events = Counter("mixauth_auth_events", "", ["event", "outcome"], registry=reference)
+    metrics = Metrics()
+    observations = [("/user", "GET", 200, s) for s in (0.0001, 0.0005, 0.001, 0.0011, 0.3, 12.0)]
+    observations += [("unmatched", "other", 404, 0.002), ("/user/auth", "POST", 403, 0.25)]
+    for route, method, status, seconds in observations:
+        metrics.request_answered(route, method, status, seconds)
+        requests.labels(route, method, str(status)).inc()
+        latency.labels(route, method, str(status)).observe(seconds)
+    for event, outcome in [("token.refused", "expired"), ("token.refused", "expired"), ("user.created", "")]:
+        metrics.auth_event(event, outcome)
+        events.labels(event, outcome).inc()
+
+    def shape(text: str) -> dict[str, tuple[str, list[tuple[str, tuple[tuple[str, str], ...], float]]]]:
+        return {
+            family.name: (
+                family.type,
+                sorted(
+                    (s.name, tuple(sorted(s.labels.items())), s.value)
+                    for s in family.samples
+                    if "_created" not in s.name
+                ),
+            )
+            for family in text_string_to_metric_families(text)
+            if not family.name.startswith("mixauth_build")
+        }
+
+    ours, theirs = metrics.render().decode(), generate_latest(reference).decode()
+    assert shape(ours) == shape(theirs)
+    created = sorted(
+        (s.name, tuple(sorted(s.labels.items())))
+        for f in text_string_to_metric_families(ours)
+        for s in f.samples
+        if "_created" in s.name
+    )
+    assert created == sorted(
+        (s.name, tuple(sorted(s.labels.items())))
+        for f in text_string_to_metric_families(theirs)
+        for s in f.samples
+        if "_created" in s.name
+    )

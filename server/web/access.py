@@ -59,13 +59,15 @@ class AccessLog(AbstractAccessLogger):
         level = logging.DEBUG if quiet else logging.INFO
         if not self._level_source.isEnabledFor(level):
             return
+        size = response.content_length  # a property that parses the header: read once
         (self._log.debug if level == logging.DEBUG else self._log.info)(
             "http.request",
             method=request.method,
             route=route,
             status=response.status,
-            duration_ms=round(time * 1000, 3),
-            bytes=response.content_length if response.content_length is not None else response.body_length,
+            # Whole microseconds, in ms: round() to an integer costs a fifth of round() to 3 digits.
+            duration_ms=round(time * 1_000_000) / 1000,
+            bytes=size if size is not None else response.body_length,
         )
 
 
