@@ -402,6 +402,7 @@ def check_config_command(settings: Settings, args: argparse.Namespace, stdin: Te
 
 def export_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     from server import transfer
+
     async def run(write: Callable[[bytes], object]) -> int:
         async with _open_existing_store(settings) as store:
             return await transfer.export_users(store, write)
@@ -422,6 +423,7 @@ def export_users_command(settings: Settings, args: argparse.Namespace, stdin: Te
 
 def import_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     from server import transfer
+
     async def check(store: UserStore | None, source: BinaryIO, size: int | None) -> transfer.ImportPlan:
         progress = Progress(sys.stderr, f"checking {args.file}", size)
         plan = await transfer.plan_import(
