@@ -106,6 +106,18 @@ async def code_for(client: TestClient[Any, Any], receiver: Receiver, email: str 
     return code
 
 
+async def known_user_code(
+    make_client: ClientFactory, receiver: tuple[Receiver, str], **changes: Any
+) -> tuple[TestClient[Any, Any], str]:
+    """A server with the webhook (and ``changes``), the known user signed up, and a code sent for them and stored."""
+    hook, url = receiver
+    client = await with_webhook(make_client, url, **changes)
+    await sign_up(client, username="known", email=EMAIL)
+    code = await code_for(client, hook)
+    await client.app[BACKGROUND].wait()
+    return client, code
+
+
 async def error(response: Any, status: int, code: str) -> dict[str, Any]:
     body: dict[str, Any] = await response.json()
     assert response.status == status, body
@@ -359,10 +371,7 @@ async def test_forgot_password_limits_come_from_settings(make_client: ClientFact
 
 
 async def test_a_code_works_once(make_client: ClientFactory, receiver: tuple[Receiver, str]) -> None:
-    hook, url = receiver
-    client = await with_webhook(make_client, url)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
+    client, code = await known_user_code(make_client, receiver)
     assert (await reset(client, code)).status == 200
     await error(await reset(client, code, "another-pw-1"), 400, "invalid_reset_code")
     assert await sign_in(client, NEW_PASSWORD) == 200
@@ -371,11 +380,7 @@ async def test_a_code_works_once(make_client: ClientFactory, receiver: tuple[Rec
 async def test_a_code_expires_after_its_lifetime(
     make_client: ClientFactory, receiver: tuple[Receiver, str], wall_clock: FakeClock
 ) -> None:
-    hook, url = receiver
-    client = await with_webhook(make_client, url, forgot_password_code_ttl=600)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
-    await client.app[BACKGROUND].wait()
+    client, code = await known_user_code(make_client, receiver, forgot_password_code_ttl=600)
     wall_clock.advance(600)
     await error(await reset(client, code), 400, "invalid_reset_code")
     assert await sign_in(client, PASSWORD) == 200
@@ -384,11 +389,7 @@ async def test_a_code_expires_after_its_lifetime(
 async def test_a_code_works_until_its_lifetime_ends(
     make_client: ClientFactory, receiver: tuple[Receiver, str], wall_clock: FakeClock
 ) -> None:
-    hook, url = receiver
-    client = await with_webhook(make_client, url, forgot_password_code_ttl=600)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
-    await client.app[BACKGROUND].wait()
+    client, code = await known_user_code(make_client, receiver, forgot_password_code_ttl=600)
     wall_clock.advance(599.9)
     assert (await reset(client, code)).status == 200
 
@@ -409,11 +410,7 @@ async def test_a_newer_code_replaces_the_older(make_client: ClientFactory, recei
 async def test_two_concurrent_resets_with_one_code_give_one_200(
     make_client: ClientFactory, receiver: tuple[Receiver, str]
 ) -> None:
-    hook, url = receiver
-    client = await with_webhook(make_client, url)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
-    await client.app[BACKGROUND].wait()
+    client, code = await known_user_code(make_client, receiver)
     first, second = await asyncio.gather(reset(client, code, "first-pw-1"), reset(client, code, "second-pw-2"))
     assert sorted([first.status, second.status]) == [200, 400]
     loser = first if first.status == 400 else second
@@ -425,11 +422,7 @@ async def test_two_concurrent_resets_with_one_code_give_one_200(
 async def test_a_bad_new_password_leaves_the_code_usable(
     make_client: ClientFactory, receiver: tuple[Receiver, str]
 ) -> None:
-    hook, url = receiver
-    client = await with_webhook(make_client, url)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
-    await client.app[BACKGROUND].wait()
+    client, code = await known_user_code(make_client, receiver)
     await error(await reset(client, code, "short"), 400, "password_too_short")
     await error(await reset(client, code, "p" * 73), 400, "password_too_long")
     assert (await reset(client, code)).status == 200
@@ -439,11 +432,7 @@ async def test_a_reset_refused_for_a_busy_hashing_pool_leaves_the_code_usable(
     make_client: ClientFactory, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The new password is hashed before the code is consumed: a 503 from a saturated pool costs no code."""
-    hook, url = receiver
-    client = await with_webhook(make_client, url)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
-    await client.app[BACKGROUND].wait()
+    client, code = await known_user_code(make_client, receiver)
     real_hash = PasswordHasher.hash
 
     async def saturated(self: PasswordHasher, password: bytes) -> str:
@@ -458,11 +447,7 @@ async def test_a_reset_refused_for_a_busy_hashing_pool_leaves_the_code_usable(
 
 
 async def test_a_deleted_users_code_is_invalid(make_client: ClientFactory, receiver: tuple[Receiver, str]) -> None:
-    hook, url = receiver
-    client = await with_webhook(make_client, url)
-    await sign_up(client, username="known", email=EMAIL)
-    code = await code_for(client, hook)
-    await client.app[BACKGROUND].wait()
+    client, code = await known_user_code(make_client, receiver)
     user = await client.app[STORE].get_by_email(EMAIL)
     assert user is not None
     assert await client.app[STORE].delete(user.id)
