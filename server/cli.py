@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO, TypeVar
 
 from server import __version__
-from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes
+from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes, redacted_url
 from server.domain import MixauthError, User, UserStore
 from server.hashing import PasswordHasher
 from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
@@ -71,6 +71,8 @@ EXIT_BROKEN_PIPE = 141
 SECRET_NAME_ENDINGS = ("secret", "password", "_token", "_key", "credentials")
 # What check-config shows for a secret that is not set, when leaving it unset means something.
 UNSET_SECRET_NOTES = {"jwt_secret": "(generated in data_dir)"}
+# Settings shown with their password replaced (where a server is matters to an operator; its password not).
+URL_KEYS = frozenset({"database_url", "redis_url"})
 
 
 # What the user service's events name as the door a change came through.
@@ -614,8 +616,10 @@ def _secret_keys() -> frozenset[str]:
 
 def _setting_value(key: str, value: Any, secrets: frozenset[str]) -> Any:
     """A setting as plain JSON data (tuples as lists, paths and other objects as strings), secrets hidden."""
+    if key in URL_KEYS and isinstance(value, str):
+        return redacted_url(value)
     if key in secrets:
-        if value is None or value == "":
+        if value is None or value == "" or value == ():
             return UNSET_SECRET_NOTES.get(key)
         return REDACTED
     if isinstance(value, tuple | list | set | frozenset):

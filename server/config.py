@@ -79,6 +79,14 @@ class Settings:
     default_plan: str = "free"
     default_user_vendor: tuple[str, ...] = ()
     log_level: str = "info"
+    database_url: str | None = field(default=None, repr=False)
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+    database_timeout_ms: int = 5000
+    redis_url: str | None = field(default=None, repr=False)
+    redis_timeout_ms: int = 100
+    rate_limit_redis_failure: str = "local"
+    jwt_secret_previous: tuple[str, ...] = field(default=(), repr=False)
     # Where each value came from ("default", "file", "env", "flag"), for operators' diagnostics.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -119,6 +127,9 @@ _DEFAULT_TEXT = {
     "webhook_user_forgot_password": "empty (none)",
     "webhook_secret": "empty (none)",
     "forgot_password_code_ttl": "1h",
+    "database_url": "empty (SQLite in data_dir)",
+    "redis_url": "empty (in memory)",
+    "jwt_secret_previous": "empty (none)",
 }
 
 
@@ -295,6 +306,64 @@ def _reset_link(value: Any) -> str:
     return link
 
 
+def _service_url(value: Any, schemes: tuple[str, ...], example: str) -> str | None:
+    """A URL with one of ``schemes`` and a host (or a socket path), or empty for none. The message never
+    repeats the value: it may hold a password."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL such as {example}")
+    url = value.strip()
+    if not url:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"is not a valid URL; expected one such as {example}") from None
+    if parts.scheme not in schemes or any(char.isspace() for char in url):
+        names = [scheme + "://" for scheme in schemes]
+        raise ValueError(f"expected a {', '.join(names[:-1])} or {names[-1]} URL such as {example}")
+    if not (parts.hostname or parts.path or parts.query):
+        raise ValueError(f"names no host; expected a URL such as {example}")
+    return url
+
+
+def _database_url(value: Any) -> str | None:
+    return _service_url(value, ("postgresql", "postgres"), "postgresql://mixauth:password@db:5432/mixauth")
+
+
+def _redis_url(value: Any) -> str | None:
+    return _service_url(value, ("redis", "rediss", "unix"), "redis://redis:6379/0")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and ``check-config``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def _redis_failure(value: Any) -> str:
+    mode = _text(value).lower()
+    if mode not in ("local", "deny"):
+        raise ValueError(f"must be local or deny, got {value!r}")
+    return mode
+
+
+def _previous_secrets(value: Any) -> tuple[str, ...]:
+    """Secrets (a comma-separated string or, in the file, a list), each as long as JWT_SECRET must be."""
+    listed = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if not (isinstance(value, str) or listed):
+        raise ValueError("expected a comma-separated list of secrets")  # never the value: it is secret
+    secrets = tuple(dict.fromkeys(_comma_list(value, "secrets")))
+    for secret in secrets:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"each secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return secrets
+
+
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -432,6 +501,39 @@ OPTIONS: tuple[Option, ...] = (
         "Vendor names given to new users (signup and create-user), comma-separated; empty gives none.",
     ),
     Option("log_level", _log_level, "Lowest level logged: debug, info, warning or error."),
+    Option(
+        "database_url",
+        _database_url,
+        "PostgreSQL for users, shared by every instance: postgresql://user:password@host:port/db; "
+        "requires jwt_secret or jwt_secret_file.",
+    ),
+    Option("database_pool_min", _int_between(0, 1000), "PostgreSQL connections each instance keeps open."),
+    Option("database_pool_max", _int_between(1, 1000), "Most PostgreSQL connections each instance opens."),
+    Option(
+        "database_timeout_ms",
+        _int_between(100, 600_000),
+        "PostgreSQL connect and statement timeout in milliseconds.",
+    ),
+    Option(
+        "redis_url",
+        _redis_url,
+        "Redis for rate-limit buckets, shared by every instance: redis://host:port/db (rediss:// for TLS).",
+    ),
+    Option(
+        "redis_timeout_ms",
+        _int_between(1, 60_000),
+        "Redis connect and command timeout in milliseconds; past it the limiter treats Redis as down.",
+    ),
+    Option(
+        "rate_limit_redis_failure",
+        _redis_failure,
+        "While Redis is down: local (each instance counts in memory) or deny (503 on rate-limited calls).",
+    ),
+    Option(
+        "jwt_secret_previous",
+        _previous_secrets,
+        "Earlier signing secrets (comma-separated, 32+ bytes each), accepted for verification only: rotation.",
+    ),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -477,7 +579,22 @@ def load_settings(
         sources.setdefault(option.key, "default")
     settings = Settings(**values, sources=sources)
     _check_metrics(settings)
+    _check_scale_out(settings)
     return settings
+
+
+def _check_scale_out(settings: Settings) -> None:
+    """Instances that share a database must share the signing secret: a generated one is per data directory."""
+    if settings.database_url is not None and settings.jwt_secret is None:
+        raise ConfigError(
+            "DATABASE_URL is set, so every instance must sign with one shared secret: set JWT_SECRET or "
+            "JWT_SECRET_FILE too"
+        )
+    if settings.database_pool_min > settings.database_pool_max:
+        raise ConfigError(
+            f"DATABASE_POOL_MIN {settings.database_pool_min} is larger than DATABASE_POOL_MAX "
+            f"{settings.database_pool_max}"
+        )
 
 
 def _check_metrics(settings: Settings) -> None:

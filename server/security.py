@@ -16,7 +16,7 @@ import secrets
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,8 +219,11 @@ class TokenCodec:
         lifetime_seconds: int,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        previous: Sequence[bytes] = (),
     ) -> None:
         self._secret = secret
+        # Earlier secrets (JWT_SECRET_PREVIOUS): tokens they signed still verify; nothing new is signed with them.
+        self._keys = (secret, *previous)
         self._lifetime = lifetime_seconds
         self._cache_size = cache_size
         self._clock = clock
@@ -263,12 +266,7 @@ class TokenCodec:
 
     def _decode(self, token: str) -> TokenClaims:
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[TOKEN_ALGORITHM],
-                options={"require": ["id", "iat", "exp"]},
-            )
+            claims = self._claims(token)
         except jwt.ExpiredSignatureError:
             raise InvalidToken("expired") from None
         except jwt.InvalidSignatureError:
@@ -294,3 +292,19 @@ class TokenCodec:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise InvalidToken("malformed")
         return TokenClaims(user_id, tuple(scope), int(claims["iat"]), int(claims["exp"]), version)
+
+    def _claims(self, token: str) -> dict[str, Any]:
+        """The token's claims under the first key whose signature matches (the current secret, then earlier ones)."""
+        for key in self._keys[:-1]:
+            try:
+                return self._decode_with(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_with(token, self._keys[-1])
+
+    @staticmethod
+    def _decode_with(token: str, key: bytes) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=[TOKEN_ALGORITHM], options={"require": ["id", "iat", "exp"]}
+        )
+        return claims

@@ -662,6 +662,26 @@ def test_check_config_never_shows_the_secret(
         assert re.search(rf"^jwt_secret +{origin} +\[redacted\]$", out, re.MULTILINE)
 
 
+def test_check_config_shows_where_the_database_and_redis_are_but_not_their_passwords(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ = {
+        "DATABASE_URL": "postgresql://mixauth:pg-Pa55word@db.internal:5432/auth",
+        "REDIS_URL": "redis://:redis-Pa55word@cache:6379/2",
+        "JWT_SECRET": JWT_SECRET,
+        "JWT_SECRET_PREVIOUS": "p" * 40,
+    }
+    assert main(["--config", str(tmp_path / "none.toml"), "check-config", "--json"], environ=environ) == 2
+    assert main(["check-config", "--json"], environ=environ) == 0
+    out = capsys.readouterr().out
+    assert "Pa55word" not in out
+    assert "p" * 40 not in out
+    shown = json.loads(out)["settings"]
+    assert shown["database_url"]["value"] == "postgresql://mixauth:***@db.internal:5432/auth"
+    assert shown["redis_url"]["value"] == "redis://:***@cache:6379/2"
+    assert shown["jwt_secret_previous"]["value"] == "[redacted]"
+
+
 @pytest.mark.parametrize(
     ("environ", "config_text", "fragment"),
     [

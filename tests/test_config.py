@@ -20,6 +20,7 @@ from server.config import (
     load_settings,
     parse_duration,
     parse_scopes,
+    redacted_url,
     reference_markdown,
 )
 
@@ -527,3 +528,62 @@ def test_defaults_written_as_text_mean_the_real_defaults() -> None:
     assert OPTIONS_BY_KEY["metrics_token"].parse("") == Settings().metrics_token
     assert OPTIONS_BY_KEY["trusted_proxies"].parse("") == Settings().trusted_proxies
     assert OPTIONS_BY_KEY["api_user_create_scope"].parse("") == Settings().api_user_create_scope
+
+
+# Scale-out: PostgreSQL, Redis and secret rotation
+
+
+def test_database_url_requires_a_shared_secret(workdir: Path) -> None:
+    message = config_error(None, {"DATABASE_URL": "postgresql://u:hunter2hunter2@db/auth"})
+    assert "DATABASE_URL is set" in message
+    assert "JWT_SECRET" in message
+    assert "hunter2" not in message
+    settings = load_settings(None, {"DATABASE_URL": "postgres://db/auth", "JWT_SECRET": GOOD_SECRET}, None)
+    assert settings.database_url == "postgres://db/auth"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("DATABASE_URL", "mysql://u:hunter2hunter2@db/auth", "expected a postgresql:// or postgres:// URL"),
+        ("DATABASE_URL", "postgresql://u:hunter2hunter2@db:port/auth", "is not a valid URL"),
+        ("DATABASE_URL", "postgresql://", "names no host"),
+        ("REDIS_URL", "http://u:hunter2hunter2@cache", "expected a redis://, rediss:// or unix:// URL"),
+        ("RATE_LIMIT_REDIS_FAILURE", "open", "must be local or deny"),
+        ("JWT_SECRET_PREVIOUS", "hunter2hunter2", "each secret must be at least 32 bytes long"),
+        ("DATABASE_POOL_MAX", "0", "must be between 1 and 1000"),
+        ("REDIS_TIMEOUT_MS", "0", "must be between 1 and 60000"),
+    ],
+)
+def test_scale_out_settings_are_checked_without_repeating_secrets(
+    workdir: Path, name: str, value: str, fragment: str
+) -> None:
+    message = config_error(None, {name: value, "JWT_SECRET": GOOD_SECRET})
+    assert message.startswith(name + ": ")
+    assert fragment in message
+    assert "hunter2" not in message
+
+
+def test_pool_min_above_max_is_refused(workdir: Path) -> None:
+    message = config_error(None, {"DATABASE_POOL_MIN": "5", "DATABASE_POOL_MAX": "2"})
+    assert message == "DATABASE_POOL_MIN 5 is larger than DATABASE_POOL_MAX 2"
+
+
+def test_scale_out_settings_from_the_environment(workdir: Path) -> None:
+    environ = {
+        "REDIS_URL": " redis://cache:6379/1 ",
+        "RATE_LIMIT_REDIS_FAILURE": "DENY",
+        "JWT_SECRET_PREVIOUS": f"{'a' * 32}, {'b' * 40},{'a' * 32}",
+    }
+    settings = load_settings(None, environ, None)
+    assert settings.redis_url == "redis://cache:6379/1"
+    assert settings.database_url is None  # Redis alone: users stay in SQLite
+    assert settings.rate_limit_redis_failure == "deny"
+    assert settings.jwt_secret_previous == ("a" * 32, "b" * 40)
+
+
+def test_redacted_url_hides_only_the_password() -> None:
+    assert redacted_url("postgresql://mixauth:s3cret@db:5432/auth?sslmode=require") == (
+        "postgresql://mixauth:***@db:5432/auth?sslmode=require"
+    )
+    assert redacted_url("redis://cache:6379/0") == "redis://cache:6379/0"

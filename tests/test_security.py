@@ -318,6 +318,21 @@ def test_token_signed_with_another_key_is_rejected(codec: TokenCodec) -> None:
     assert rejection(codec, token) == "bad_signature"
 
 
+def test_a_previous_secret_verifies_but_never_signs() -> None:
+    """JWT_SECRET_PREVIOUS: tokens signed before a rotation stay valid; new ones carry the new secret only."""
+    old_token = TokenCodec(OTHER_SECRET, LIFETIME).issue(USER_ID, ("user",))
+    rotated = TokenCodec(SECRET, LIFETIME, previous=[OTHER_SECRET])
+    assert rotated.verify(old_token).user_id == USER_ID
+    new_token = rotated.issue(USER_ID, ("user",))
+    assert rotated.verify(new_token).user_id == USER_ID
+    assert rejection(TokenCodec(OTHER_SECRET, LIFETIME), new_token) == "bad_signature"
+    # A secret in neither place is still refused, and an expired token signed with a previous one too.
+    third = b"x" * 40
+    assert rejection(rotated, TokenCodec(third, LIFETIME).issue(USER_ID, ())) == "bad_signature"
+    expired = TokenCodec(OTHER_SECRET, LIFETIME).issue(USER_ID, (), now=time.time() - LIFETIME - 60)
+    assert rejection(rotated, expired) == "expired"
+
+
 def test_alg_none_crafted_by_hand_is_rejected(codec: TokenCodec) -> None:
     token = b64url_json({"alg": "none", "typ": "JWT"}) + "." + b64url_json(valid_claims()) + "."
     assert rejection(codec, token) == "algorithm_not_allowed"
