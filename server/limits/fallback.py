@@ -158,7 +158,7 @@ async def open_redis_limiter(
     url: str,
     *,
     prefix: str = DEFAULT_PREFIX,
-    timeout: float = 0.1,
+    timeout: float = 0.1,  # noqa: ASYNC109 - the client's per-command timeout, not this call's deadline
     failure: FailureMode = "local",
     local: MemoryRateLimiter,
     probe_interval: float = DEFAULT_PROBE_INTERVAL,

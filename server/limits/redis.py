@@ -172,7 +172,11 @@ class RedisRateLimiter:
 
 
 @asynccontextmanager
-async def open_redis(url: str, *, timeout: float = 0.1) -> AsyncIterator[aioredis.Redis]:
+async def open_redis(
+    url: str,
+    *,
+    timeout: float = 0.1,  # noqa: ASYNC109 - the client's per-command timeout, not this call's deadline
+) -> AsyncIterator[aioredis.Redis]:
     """A redis-py asyncio client for ``url`` whose connects and commands each give up after ``timeout``
     seconds, with no retries, closed (with its pool) on exit. Connects lazily: opening never fails."""
     client = aioredis.Redis.from_url(
