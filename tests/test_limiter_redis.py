@@ -4,6 +4,7 @@ failover limiter does while Redis is down (against a private redis-server each t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -62,6 +63,25 @@ async def test_concurrent_hits_over_several_buckets_are_all_or_nothing(redis_url
     assert len(allowed) == TEN.capacity
     expected = {limiters[0].key_of((TEN, "shared"))} | {limiters[0].key_of((own, f"caller-{i}")) for i in allowed}
     assert set(redis_keys(redis_url, redis_prefix)) == expected
+
+
+async def test_instances_share_their_buckets_through_redis(redis_url: str, redis_prefix: str) -> None:
+    # Ten signups for one email spread over three instances: the eleventh, on any of them, is refused.
+    signup_email = Rule("signup_email", capacity=10, window=3600.0)
+    async with contextlib.AsyncExitStack() as stack:
+        instances = [
+            await stack.enter_async_context(
+                open_redis_limiter(redis_url, prefix=redis_prefix, timeout=2.0, local=MemoryRateLimiter())
+            )
+            for _ in range(3)
+        ]
+        for attempt in range(10):
+            assert (await instances[attempt % 3].hit([(signup_email, "someone@example.com")])).allowed
+        for instance in instances:
+            refused = await instance.hit([(signup_email, "someone@example.com")])
+            assert refused.rule == signup_email
+            assert 359.0 < refused.retry_after <= 360.0
+        assert all(instance.state == "redis" and len(instance.local) == 0 for instance in instances)
 
 
 async def test_keys_hold_the_rule_and_a_digest_never_the_key(redis_url: str, redis_limiter: RedisRateLimiter) -> None:
@@ -332,6 +352,15 @@ async def test_a_silent_redis_costs_the_first_call_one_timeout_and_later_calls_n
         finally:
             await limiter.close()
     assert len(events(log_guard, "limiter.redis_unavailable")) == 1
+
+
+async def test_no_probe_is_started_after_close(blackhole: str) -> None:
+    async with open_redis(blackhole, timeout=0.05) as client:
+        limiter = FailoverRateLimiter(RedisRateLimiter(client, "p:"), MemoryRateLimiter(), probe_interval=PROBE)
+        await limiter.close()
+        assert (await limiter.hit([(TEN, "k")])).allowed
+        assert state_of(limiter) == "local"
+        assert not [task for task in asyncio.all_tasks() if task.get_name() == "mixauth-redis-probe"]
 
 
 async def timed(work: Awaitable[T]) -> tuple[T, float]:

@@ -63,6 +63,7 @@ class FailoverRateLimiter:
         self.probe_interval = probe_interval
         self.failovers = 0
         self._up = True
+        self._closed = False
         self._down_since = 0.0
         self._probe: asyncio.Task[None] | None = None
 
@@ -116,7 +117,8 @@ class FailoverRateLimiter:
             await self.ping()
 
     async def close(self) -> None:
-        """Stop the probe, if one runs."""
+        """Stop the probe, if one runs, and start none after."""
+        self._closed = True
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.cancel()
@@ -131,7 +133,7 @@ class FailoverRateLimiter:
         self.failovers += 1
         # The error's type only (RedisUnavailable carries nothing else): never the URL, which may hold a password.
         log.warning("limiter.redis_unavailable", error=str(exc), mode=self.failure, failovers=self.failovers)
-        if self._probe is None or self._probe.done():
+        if not self._closed and (self._probe is None or self._probe.done()):
             self._probe = asyncio.create_task(self._wait_for_redis(), name="mixauth-redis-probe")
 
     async def _wait_for_redis(self) -> None:
