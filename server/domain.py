@@ -40,7 +40,8 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── ForgotPasswordIpRateLimited (429 forgot_password_ip_rate_limited)
     │   └── PasswordResetIpRateLimited (429 password_reset_ip_rate_limited)
     ├── Overloaded (503 overloaded)
-    └── NotReady (503 not_ready)
+    ├── NotReady (503 not_ready)
+    └── RateLimiterUnavailable (503 rate_limiter_unavailable)
 """
 
 from __future__ import annotations
@@ -393,6 +394,19 @@ class NotReady(MixauthError):
     status = 503
     code = "not_ready"
     default_message = "The database does not answer."
+
+
+class RateLimiterUnavailable(MixauthError):
+    """The shared rate limiter (Redis) does not answer, and the server is set to refuse rate-limited calls
+    rather than count them on its own (RATE_LIMIT_REDIS_FAILURE=deny)."""
+
+    status = 503
+    code = "rate_limiter_unavailable"
+    default_message = "The rate limiter is unavailable. Please try again shortly."
+    retry_after = 1
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 UserSortField = Literal["created", "username", "email"]

@@ -161,3 +161,72 @@ async def create_admin(client: TestClient[Any, Any], scope: tuple[str, ...] = ("
     body = {"username": f"admin-{scope[0]}", "email": f"admin-{scope[0]}@example.com", "password": PASSWORD}
     user = await client.app[SERVICE].create_user(body, scope, via="test")
     return admin_token(user.id, list(scope))
+
+
+# Redis
+#
+# The Redis the tests share: MIXAUTH_TEST_REDIS_URL, by default the local one. Unreachable, its tests are
+# skipped, or fail when the CI environment variable is set (where a skip would hide them). Each test gets a
+# key prefix of its own under the run's (process id and random), and its keys are deleted after it.
+
+REDIS_DEFAULT_TEST_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis's URL, once it answered a PING."""
+    import os
+    from urllib.parse import urlsplit
+
+    import redis
+
+    url = os.environ.get("MIXAUTH_TEST_REDIS_URL", REDIS_DEFAULT_TEST_URL)
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0) as client:
+            client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        # The address only: the URL may hold a password.
+        where = urlsplit(url)
+        reason = f"no Redis answers at {where.hostname}:{where.port or 6379} ({type(exc).__name__})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; set MIXAUTH_TEST_REDIS_URL")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_run_prefix(redis_url: str) -> Iterator[str]:
+    """The key prefix of this test run (this process), whose keys are all deleted when the run ends."""
+    import os
+    import secrets
+
+    prefix = f"mixauth-test:{os.getpid()}:{secrets.token_hex(4)}:"
+    yield prefix
+    delete_redis_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str, redis_run_prefix: str) -> Iterator[str]:
+    """A key prefix of this test's own, whose keys are deleted after the test."""
+    import secrets
+
+    prefix = f"{redis_run_prefix}{secrets.token_hex(4)}:"
+    yield prefix
+    delete_redis_keys(redis_url, prefix)
+
+
+def redis_keys(url: str, prefix: str) -> list[str]:
+    """Every key in the Redis at ``url`` that starts with ``prefix`` (SCAN, never KEYS)."""
+    import redis
+
+    with redis.Redis.from_url(url, socket_timeout=5.0, decode_responses=True) as client:
+        return list(client.scan_iter(match=f"{prefix}*", count=1000))
+
+
+def delete_redis_keys(url: str, prefix: str) -> None:
+    import redis
+
+    keys = redis_keys(url, prefix)
+    with redis.Redis.from_url(url, socket_timeout=5.0) as client:
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
