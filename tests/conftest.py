@@ -3,13 +3,15 @@ that fails any test whose log output holds the canary password, a token, a bcryp
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
 import re
+import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +232,51 @@ def delete_redis_keys(url: str, prefix: str) -> None:
     with redis.Redis.from_url(url, socket_timeout=5.0) as client:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
+
+
+# A private Redis, to stop and start
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free loopback port, nothing saved to disk."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        from server.limits.redis import open_redis
+
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self._process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10.0
+        async with open_redis(self.url, timeout=0.5) as client:
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from server.limits.fallback import FailoverRateLimiter, open_redis_limiter
 from server.limits.memory import MemoryRateLimiter, bucket_digest
 from server.limits.redis import RedisRateLimiter, open_redis
 from server.web.middleware import error_mapping
-from tests.conftest import free_port, redis_keys
+from tests.conftest import PrivateRedis, free_port, redis_keys
 
 TEN = Rule("ten", capacity=10, window=3600.0)
 HOURLY = Rule("hourly", capacity=10, window=3600.0)  # 360 s per token
@@ -136,52 +135,6 @@ async def test_a_refused_hit_writes_nothing(redis_url: str, redis_limiter: Redis
         assert not (await redis_limiter.hit([(single, "k"), (HOURLY, "other")])).allowed
         assert await client.hgetall(redis_limiter.key_of((single, "k"))) == before
     assert len(redis_keys(redis_url, redis_limiter.prefix)) == 1
-
-
-# A private Redis, to stop and start
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free loopback port, nothing saved to disk."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self._process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10.0
-        async with open_redis(self.url, timeout=0.5) as client:
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def events(rendered: list[str], name: str) -> list[dict[str, Any]]:
