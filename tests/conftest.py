@@ -184,7 +184,9 @@ from urllib.parse import urlunsplit as _pg_urlunsplit  # noqa: E402
 
 import asyncpg  # noqa: E402
 
+from server.storage import StorageError  # noqa: E402
 from server.storage.postgres import describe_error as _pg_describe_error  # noqa: E402
+from server.storage.postgres import migrate as _pg_migrate  # noqa: E402
 from server.storage.postgres import where as _pg_where  # noqa: E402
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -204,13 +206,20 @@ class PostgresForTests:
         self.run_database = run_database
         self._numbers = _pg_itertools.count(1)
 
+    @property
+    def migrated_database(self) -> str:
+        """The run's template with mixauth's schema in place (``postgres`` makes it)."""
+        return f"{self.run_database}_migrated"
+
     @_pg_asynccontextmanager
-    async def fresh_database_url(self) -> _PgAsyncIterator[str]:
-        """The URL of a new empty database, dropped (whoever is still connected) on exit."""
+    async def fresh_database_url(self, *, migrated: bool = False) -> _PgAsyncIterator[str]:
+        """The URL of a new empty database (with mixauth's schema when ``migrated``: 40 ms less than migrating
+        it), dropped (whoever is still connected) on exit."""
         name = f"{self.run_database}_{next(self._numbers)}"
+        template = self.migrated_database if migrated else self.run_database
         connection = await asyncpg.connect(self.server_url, timeout=5)
         try:
-            await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.run_database}"')
+            await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
             await connection.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         finally:
             await connection.close()
@@ -231,12 +240,15 @@ def _run_apart(work: _PgCoroutine[Any, Any, Any]) -> Any:
         return executor.submit(_pg_asyncio.run, work).result()
 
 
-async def _create_run_database(server_url: str, name: str) -> None:
+async def _create_run_databases(server_url: str, name: str) -> None:
+    """The run's database, and from it the migrated template (``PostgresForTests.migrated_database``)."""
     connection = await asyncpg.connect(server_url, timeout=3)
     try:
         await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(f'CREATE DATABASE "{name}_migrated" TEMPLATE "{name}"')
     finally:
         await connection.close()
+    await _pg_migrate(database_url(server_url, f"{name}_migrated"))
 
 
 async def _drop_run_databases(server_url: str, name: str) -> None:
@@ -258,8 +270,8 @@ def postgres() -> Iterator[PostgresForTests]:
     server_url = _pg_os.environ.get("MIXAUTH_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
     name = f"mixauth_test_{_pg_os.getpid()}_{_pg_secrets.token_hex(3)}"
     try:
-        _run_apart(_create_run_database(server_url, name))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        _run_apart(_create_run_databases(server_url, name))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, StorageError) as exc:
         reason = f"PostgreSQL at {_pg_where(server_url)} is not usable: {_pg_describe_error(exc, server_url)}"
         if _pg_os.environ.get("CI"):
             pytest.fail(reason)

@@ -94,7 +94,7 @@ async def open_store(request: pytest.FixtureRequest) -> AsyncIterator[OpenStore]
             @asynccontextmanager
             async def open_postgres(path: Path) -> AsyncIterator[UserStore]:
                 if path not in urls:
-                    urls[path] = await databases.enter_async_context(server.fresh_database_url())
+                    urls[path] = await databases.enter_async_context(server.fresh_database_url(migrated=True))
                 async with postgres.open_store(urls[path], pool_max=4) as store:
                     yield CachedUserStore(store, recheck=3600) if cached else store
 

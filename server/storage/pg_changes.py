@@ -109,7 +109,7 @@ class ChangeListener:
                 await self._close()
                 try:
                     await self._listen()
-                except CONNECTION_ERRORS as exc:
+                except Exception as exc:  # whatever failed, try again later: never stop listening
                     reason = describe_error(exc, self._url)
                     log.warning("storage.changes.reconnect_failed", error=reason, retry_in=backoff)
                     await asyncio.sleep(backoff)
@@ -120,6 +120,8 @@ class ChangeListener:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), self._heartbeat)
             await self._beat()
+            if not self.connected:
+                log.warning("storage.changes.disconnected")
 
     async def close(self) -> None:
         await self._close()
@@ -152,7 +154,7 @@ class ChangeListener:
         try:
             await connection.fetchval("SELECT 1", timeout=self._timeout)
         except CONNECTION_ERRORS as exc:
-            log.warning("storage.changes.connection_lost", error=describe_error(exc, self._url))
+            log.warning("storage.changes.heartbeat_failed", error=describe_error(exc, self._url))
             connection.terminate()
             return
         self._heard_at = self._clock()
@@ -184,8 +186,8 @@ async def listen_for_changes(
     url: str,
     cache: CachedUserStore,
     *,
-    timeout: float = 5.0,
-    heartbeat: float = 1.0,  # noqa: ASYNC109
+    timeout: float = 5.0,  # noqa: ASYNC109 - the driver's, for connecting and each statement
+    heartbeat: float = 1.0,
 ) -> AsyncIterator[ChangeListener]:
     """Listen for changes to users on the database at ``url`` and keep ``cache`` honest (see the module
     docstring) until exit. Connects once before yielding (StorageError when it cannot), reconnecting on its

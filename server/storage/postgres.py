@@ -171,6 +171,9 @@ _CONSTRAINT_ERRORS: dict[str, type[Exception]] = {
 
 
 class PostgresUserStore:
+    """The UserStore on a pool; ``timeout`` (seconds) bounds both the wait for a pooled connection and each
+    statement, so a stalled database turns requests into errors instead of a queue without end."""
+
     def __init__(self, pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
         self._pool = pool
         self._timeout = timeout
@@ -178,7 +181,7 @@ class PostgresUserStore:
     async def add(self, user: NewUser) -> User:
         stored = user.as_user()
         try:
-            await self._pool.execute(_INSERT, *_insert_row(user, stored), timeout=self._timeout)
+            await self._execute(_INSERT, *_insert_row(user, stored))
         except asyncpg.UniqueViolationError as exc:
             raise await self._taken(exc, user.username_key) from None
         return stored
@@ -208,9 +211,9 @@ class PostgresUserStore:
         if limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
         if scope is None:
-            rows = await self._pool.fetch(_SELECT_PAGE, after or "", limit, timeout=self._timeout)
+            rows = await self._fetch(_SELECT_PAGE, after or "", limit)
         else:
-            rows = await self._pool.fetch(_SELECT_PAGE_WITH_SCOPE, after or "", limit, scope, timeout=self._timeout)
+            rows = await self._fetch(_SELECT_PAGE_WITH_SCOPE, after or "", limit, scope)
         return [_user_from_row(row) for row in rows]
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
@@ -240,13 +243,13 @@ class PostgresUserStore:
         order = _SORT_COLUMNS[query.sort] + (" DESC" if query.descending else " ASC")
         limit, offset = len(parameters) + 1, len(parameters) + 2
         statement = _SELECT + where + f" ORDER BY {order}, id ASC LIMIT ${limit} OFFSET ${offset}"
-        rows = await self._pool.fetch(statement, *parameters, query.limit, query.offset, timeout=self._timeout)
+        rows = await self._fetch(statement, *parameters, query.limit, query.offset)
         return [_user_from_row(row) for row in rows]
 
     async def count(self, query: UserQuery) -> int:
         where, parameters = _where(query)
         statement = "SELECT count(*) FROM users WHERE " + where  # noqa: S608 - see _where
-        return int(await self._pool.fetchval(statement, *parameters, timeout=self._timeout))
+        return int(await self._fetchval(statement, *parameters))
 
     async def update(self, user_id: str, changes: UserChanges, *, keep_an_admin: bool = False) -> User | None:
         assignments, parameters = _assignments(changes)
@@ -259,7 +262,7 @@ class PostgresUserStore:
         statement += " RETURNING " + _USER_COLUMNS
         try:
             if not guarded:
-                row = await self._pool.fetchrow(statement, *parameters, user_id, timeout=self._timeout)
+                row = await self._fetchrow(statement, *parameters, user_id)
                 return None if row is None else _user_from_row(row)
             async with self._pool.acquire(timeout=self._timeout) as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK, timeout=self._timeout)
@@ -273,10 +276,9 @@ class PostgresUserStore:
         raise LastAdmin()
 
     async def revoke_tokens(self, user_id: str) -> int | None:
-        version = await self._pool.fetchval(
+        version = await self._fetchval(
             "UPDATE users SET token_version = token_version + 1 WHERE id = $1 RETURNING token_version",
             user_id,
-            timeout=self._timeout,
         )
         return None if version is None else int(version)
 
@@ -295,10 +297,9 @@ class PostgresUserStore:
     async def consume_reset_code(self, code_hash: str, now: int) -> str | None:
         # One statement finds and removes the code: of two racing consumers, only one gets the row back.
         # An expired code is removed too, and answers None.
-        row = await self._pool.fetchrow(
+        row = await self._fetchrow(
             "DELETE FROM reset_codes WHERE code_hash = $1 RETURNING user_id, expires_at",
             code_hash,
-            timeout=self._timeout,
         )
         if row is None:
             return None
@@ -321,10 +322,9 @@ class PostgresUserStore:
         await self._write("DELETE FROM delete_tickets WHERE updated < $1", ticket.updated - DELETE_TICKET_RETENTION_MS)
 
     async def get_delete_ticket(self, ticket_id: str) -> DeleteTicket | None:
-        row = await self._pool.fetchrow(
+        row = await self._fetchrow(
             "SELECT id, user_id, status, steps_done, steps_total, updated FROM delete_tickets WHERE id = $1",
             ticket_id,
-            timeout=self._timeout,
         )
         if row is None:
             return None
@@ -333,7 +333,7 @@ class PostgresUserStore:
 
     async def ping(self) -> None:
         """One cheap round trip (the readiness probe); raises the driver's error, or TimeoutError, on failure."""
-        await self._pool.fetchval("SELECT 1", timeout=self._timeout)
+        await self._fetchval("SELECT 1")
 
     def pool_stats(self) -> dict[str, int]:
         """The pool's connections now: ``size`` open, ``idle`` of them free, ``max`` allowed (metrics gauges)."""
@@ -349,12 +349,28 @@ class PostgresUserStore:
 
     async def _write(self, statement: str, *parameters: Any) -> bool:
         """Run one statement (its own transaction); True when it matched a row."""
-        status = await self._pool.execute(statement, *parameters, timeout=self._timeout)
+        status = await self._execute(statement, *parameters)
         return _row_count(status) > 0
 
     async def _one(self, query: str, value: str) -> User | None:
-        row = await self._pool.fetchrow(query, value, timeout=self._timeout)
+        row = await self._fetchrow(query, value)
         return None if row is None else _user_from_row(row)
+
+    async def _execute(self, statement: str, *parameters: Any) -> str:
+        async with self._pool.acquire(timeout=self._timeout) as connection:
+            return await connection.execute(statement, *parameters, timeout=self._timeout)
+
+    async def _fetch(self, query: str, *parameters: Any) -> list[asyncpg.Record]:
+        async with self._pool.acquire(timeout=self._timeout) as connection:
+            return await connection.fetch(query, *parameters, timeout=self._timeout)
+
+    async def _fetchrow(self, query: str, *parameters: Any) -> asyncpg.Record | None:
+        async with self._pool.acquire(timeout=self._timeout) as connection:
+            return await connection.fetchrow(query, *parameters, timeout=self._timeout)
+
+    async def _fetchval(self, query: str, *parameters: Any) -> Any:
+        async with self._pool.acquire(timeout=self._timeout) as connection:
+            return await connection.fetchval(query, *parameters, timeout=self._timeout)
 
 
 def _row_count(status: str) -> int:
