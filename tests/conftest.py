@@ -185,9 +185,8 @@ from urllib.parse import urlunsplit as _pg_urlunsplit  # noqa: E402
 import asyncpg  # noqa: E402
 
 from server.storage import StorageError  # noqa: E402
-from server.storage.postgres import describe_error as _pg_describe_error  # noqa: E402
 from server.storage.postgres import migrate as _pg_migrate  # noqa: E402
-from server.storage.postgres import where as _pg_where  # noqa: E402
+from server.storage.postgres import unusable as _pg_unusable  # noqa: E402
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -272,7 +271,7 @@ def postgres() -> Iterator[PostgresForTests]:
     try:
         _run_apart(_create_run_databases(server_url, name))
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, StorageError) as exc:
-        reason = f"PostgreSQL at {_pg_where(server_url)} is not usable: {_pg_describe_error(exc, server_url)}"
+        reason = f"the test PostgreSQL is not usable: {_pg_unusable('use', server_url, exc)}"
         if _pg_os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

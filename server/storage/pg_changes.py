@@ -31,9 +31,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 import structlog
 
-from server.storage import StorageError
 from server.storage.cached import CachedUserStore
-from server.storage.postgres import CHANGES_CHANNEL, CONNECTION_ERRORS, describe_error, where
+from server.storage.postgres import CHANGES_CHANNEL, CONNECTION_ERRORS, describe_error, unusable
 
 log = structlog.get_logger("mixauth.storage.changes")
 
@@ -97,9 +96,7 @@ class ChangeListener:
         try:
             await self._listen()
         except CONNECTION_ERRORS as exc:
-            raise StorageError(
-                f"cannot listen for changes on the database {where(self._url)}: {describe_error(exc, self._url)}"
-            ) from None
+            raise unusable("listen for changes on", self._url, exc) from None
 
     async def run(self) -> None:
         """Keep listening until cancelled: heartbeats, and reconnection with backoff when the connection is lost."""

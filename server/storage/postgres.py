@@ -24,7 +24,7 @@ it); keys and ids use the "C" collation, so ordering by username or email compar
 contract asks. A trigger (migration 2) announces every change of a user row on the ``mixauth_users``
 channel; server.storage.pg_changes listens to it to keep per-process caches honest.
 
-The connection URL may hold a password: it never reaches an exception message or a log line (``where``
+The connection URL may hold a password: it never reaches an exception message or a log line (``unusable``
 names host, port and database only).
 """
 
@@ -476,7 +476,7 @@ def _translate_unique_violation(exc: asyncpg.UniqueViolationError) -> Exception:
     return exc if error is None else error()
 
 
-def where(url: str) -> str:
+def database_location(url: str) -> str:
     """``host:port/database`` of a connection URL, for messages: never the user's password."""
     try:
         parts = urlsplit(url)
@@ -496,6 +496,11 @@ def describe_error(exc: BaseException, url: str) -> str:
         for secret in {password, unquote(password or "")} - {None, ""}:
             text = text.replace(str(secret), "***")
     return text
+
+
+def unusable(action: str, url: str, exc: BaseException) -> StorageError:
+    """The operator's one line for a database that could not be used: where, and why (no password)."""
+    return StorageError(f"cannot {action} the database {database_location(url)}: {describe_error(exc, url)}")
 
 
 async def _refresh_username_skeletons(connection: asyncpg.Connection) -> None:
@@ -541,7 +546,7 @@ async def _connect(url: str, timeout: float) -> asyncpg.Connection:  # noqa: ASY
     try:
         connection: asyncpg.Connection = await asyncpg.connect(url, timeout=timeout, command_timeout=timeout)
     except CONNECTION_ERRORS as exc:
-        raise StorageError(f"cannot connect to the database {where(url)}: {describe_error(exc, url)}") from None
+        raise unusable("connect to", url, exc) from None
     return connection
 
 
@@ -554,7 +559,7 @@ async def migrate(url: str, *, timeout: float = 5.0) -> tuple[int, int]:  # noqa
     try:
         return await _migrate(connection)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise StorageError(f"cannot migrate the database {where(url)}: {describe_error(exc, url)}") from None
+        raise unusable("migrate", url, exc) from None
     finally:
         await connection.close(timeout=timeout)
 
@@ -581,7 +586,7 @@ async def open_store(
             server_settings={"application_name": "mixauth"},
         )
     except CONNECTION_ERRORS as exc:
-        raise StorageError(f"cannot connect to the database {where(url)}: {describe_error(exc, url)}") from None
+        raise unusable("connect to", url, exc) from None
     try:
         yield PostgresUserStore(pool, timeout=timeout)
     finally:
