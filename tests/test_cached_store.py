@@ -116,3 +116,54 @@ async def test_the_cache_is_bounded() -> None:
     for user_id in ids:
         await cached.get_by_id(user_id)
     assert len(cached) == 3
+
+
+async def test_forget_drops_one_user_and_a_read_in_flight_is_not_kept() -> None:
+    cached, store, _, _, user_id = await setup()
+    other = (await cached.add(new_user("bob"))).id
+    await cached.get_by_id(user_id)
+    await cached.get_by_id(other)
+    gate = asyncio.Event()
+    store.hold = gate
+    in_flight = asyncio.create_task(cached.get_fresh_by_id(other))
+    await asyncio.sleep(0)
+    cached.forget(user_id)  # a notification of another process's write, while the read waits
+    gate.set()
+    await in_flight
+    assert len(cached) == 0  # alice forgotten; bob's read began before the news, so it was not kept
+    store.hold = None
+    reads = store.reads
+    await cached.get_by_id(other)
+    await cached.get_by_id(other)
+    assert store.reads == reads + 1
+
+
+async def test_forget_all_drops_everyone() -> None:
+    cached, _, _, _, user_id = await setup()
+    other = (await cached.add(new_user("bob"))).id
+    await cached.get_by_id(user_id)
+    await cached.get_by_id(other)
+    cached.forget_all()
+    assert len(cached) == 0
+
+
+async def test_without_a_marker_only_writes_and_forget_change_what_is_remembered() -> None:
+    store, clock = CountingStore(), FakeClock()
+    cached = CachedUserStore(store, clock=clock)
+    user_id = (await cached.add(new_user("alice"))).id
+    await cached.get_by_id(user_id)
+    clock.advance(3600)
+    await cached.get_by_id(user_id)
+    assert store.reads == 1
+
+
+async def test_watch_reads_the_new_marker_at_once_and_forgets_everything() -> None:
+    cached, store, marker, _, user_id = await setup()
+    await cached.get_by_id(user_id)
+    deaf = Marker()
+    cached.watch(deaf)
+    assert len(cached) == 0
+    await cached.get_by_id(user_id)
+    assert deaf.reads == 1
+    assert marker.reads == 1  # the old marker is not read again
+    assert store.reads == 2

@@ -3,12 +3,14 @@ upper layers' tests use.
 
 Every test here uses only the ``open_store`` fixture and the UserStore Protocol, so a new backend (the
 PostgreSQL store) joins by adding a parameter to that fixture and passing this file. What only SQLite
-promises (schema versions, PRAGMAs, files) is in test_store_sqlite.py.
+promises (schema versions, PRAGMAs, files) is in test_store_sqlite.py, what only PostgreSQL promises
+(concurrent migrations, instances on one database, notifications) in test_store_postgres.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -32,9 +34,10 @@ from server.domain import (
     created_from_id,
 )
 from server.security import build_new_user, identifier_key, new_user_id, username_skeleton
-from server.storage import sqlite
+from server.storage import postgres, sqlite
 from server.storage.cached import CachedUserStore
 from server.storage.sqlite import SqliteUserStore
+from tests.conftest import PostgresForTests
 from tests.fakes import FakeUserStore
 
 OpenStore = Callable[[Path], AbstractAsyncContextManager[UserStore]]
@@ -61,15 +64,18 @@ def new_user(
     return dataclasses.replace(user, vendor=vendor, created=created, is_active=is_active)
 
 
-@pytest.fixture(params=["sqlite", "cached-sqlite", "fake"])
-def open_store(request: pytest.FixtureRequest) -> OpenStore:
+@pytest.fixture(params=["sqlite", "cached-sqlite", "postgres", "cached-postgres", "fake"])
+async def open_store(request: pytest.FixtureRequest) -> AsyncIterator[OpenStore]:
     """Open a store of the parametrised backend on a data directory; the same directory reopens the same data.
 
     ``cached-sqlite`` is the server's own arrangement, the cache in front of SQLite; it notices no outside
     change within a test (an hour's recheck), so a write through it that failed to forget a user would show.
+    ``postgres`` maps each directory to a fresh database of its own (dropped after the test), and
+    ``cached-postgres`` puts the cache in front of it, with no listener, for the same reason.
     """
     if request.param == "sqlite":
-        return sqlite.open_store
+        yield sqlite.open_store
+        return
     if request.param == "cached-sqlite":
 
         @asynccontextmanager
@@ -77,14 +83,30 @@ def open_store(request: pytest.FixtureRequest) -> OpenStore:
             async with sqlite.open_store(path) as store:
                 yield CachedUserStore(store, store.data_version, recheck=3600)
 
-        return open_cached
+        yield open_cached
+        return
+    if request.param in ("postgres", "cached-postgres"):
+        server: PostgresForTests = request.getfixturevalue("postgres")
+        cached = request.param == "cached-postgres"
+        async with contextlib.AsyncExitStack() as databases:
+            urls: dict[Path, str] = {}
+
+            @asynccontextmanager
+            async def open_postgres(path: Path) -> AsyncIterator[UserStore]:
+                if path not in urls:
+                    urls[path] = await databases.enter_async_context(server.fresh_database_url(migrated=True))
+                async with postgres.open_store(urls[path], pool_max=4) as store:
+                    yield CachedUserStore(store, recheck=3600) if cached else store
+
+            yield open_postgres
+        return
     fakes: dict[Path, FakeUserStore] = {}
 
     @asynccontextmanager
     async def open_fake(path: Path) -> AsyncIterator[UserStore]:
         yield fakes.setdefault(path, FakeUserStore())
 
-    return open_fake
+    yield open_fake
 
 
 @pytest.fixture

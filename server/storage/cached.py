@@ -10,7 +10,11 @@ recently loaded forgotten first. The cache never outlives a change:
 - a write made by another process (the admin command line, another server on the same database) is
   noticed through ``changes``, a cheap marker that differs whenever the database may have changed
   (SQLite's ``PRAGMA data_version``). It is read at most once per ``recheck`` seconds, before a request
-  that uses the cache, and a new value forgets everything: such a change is seen within ``recheck``.
+  that uses the cache, and a new value forgets everything: such a change is seen within ``recheck``;
+- or it is told: ``forget(user_id)`` and ``forget_all()`` are for a listener that hears of other processes'
+  writes as they happen (PostgreSQL's notifications, server.storage.pg_changes), which also installs its own
+  marker with ``watch`` (one that differs on every read while the listener cannot hear, so that nothing
+  older than ``recheck`` is served then).
 
 ``get_fresh_by_id`` reads one user through to the store and remembers what it read: for a reader that
 knows its copy is stale (a token carrying a newer ``token_version`` than the remembered user's was issued
@@ -31,11 +35,16 @@ from server.domain import DeleteTicket, NewUser, User, UserChanges, UserQuery, U
 ChangeMarker = Callable[[], Awaitable[object]]
 
 
+async def unchanging() -> object:
+    """The marker of a store nobody else writes to, or whose changes arrive through ``forget``."""
+    return None
+
+
 class CachedUserStore:
     def __init__(
         self,
         store: UserStore,
-        changes: ChangeMarker,
+        changes: ChangeMarker = unchanging,
         *,
         max_users: int = 10_000,
         recheck: float = 1.0,
@@ -141,6 +150,21 @@ class CachedUserStore:
     async def get_delete_ticket(self, ticket_id: str) -> DeleteTicket | None:
         return await self._store.get_delete_ticket(ticket_id)
 
+    def watch(self, changes: ChangeMarker) -> None:
+        """Read ``changes`` from now on to notice outside changes; forgets everything (and reads it first)."""
+        self._changes = changes
+        self.forget_all()
+        self._next_check = float("-inf")
+
+    def forget(self, user_id: str) -> None:
+        """Forget one user, changed elsewhere: the next read loads it, and a read in flight is not kept."""
+        self._forget(user_id)
+
+    def forget_all(self) -> None:
+        """Forget every user (changes elsewhere went unheard): the next reads load them again."""
+        self._generation += 1
+        self._users.clear()
+
     def _forget(self, user_id: str) -> None:
         self._generation += 1
         self._users.pop(user_id, None)
@@ -153,5 +177,4 @@ class CachedUserStore:
         marker = await self._changes()
         if marker != self._marker:
             self._marker = marker
-            self._generation += 1
-            self._users.clear()
+            self.forget_all()
