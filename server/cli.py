@@ -46,7 +46,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO, TypeVar
 
-from server import __version__
+from server import __version__, backends
 from server.config import OPTIONS, ConfigError, Settings, load_settings, parse_scopes, redacted_url
 from server.domain import MixauthError, User, UserStore
 from server.hashing import PasswordHasher
@@ -54,7 +54,7 @@ from server.logs import REDACTED, SENSITIVE_KEYS, configure_logging
 from server.progress import Progress
 from server.security import USER_ID_PATTERN
 from server.storage import StorageError, prepare_data_dir
-from server.storage.sqlite import DATABASE_FILE, SqliteUserStore, open_store
+from server.storage.sqlite import DATABASE_FILE
 from server.users import DEFAULT_PAGE_SIZE, UserAdministration, UserCreation
 from server.views import iso_ms, user_object
 from server.web import serving
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a user whose id, username (or a look-alike) or email is taken: fail the import (default) or skip them",
     )
 
+    command("migrate", "bring the database schema up to date (start-up does it too), then exit")
+
     check = command("check-config", "print the effective settings and where each came from; exit 2 if invalid")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
@@ -264,7 +266,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdin: 
     except ConfigError as exc:
         print(f"mixauth: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (CommandError, StorageError) as exc:
+    except (CommandError, StorageError, backends.StoreMissing) as exc:
         print(f"mixauth: {exc}", file=sys.stderr)
         return 1
     except sqlite3.Error as exc:
@@ -402,6 +404,18 @@ def check_config_command(settings: Settings, args: argparse.Namespace, stdin: Te
     return 0
 
 
+def migrate_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
+    """Bring the database's schema to this version's (what start-up does too), for a deployment job that runs
+    before the new instances start."""
+    before, after = _run_admin(backends.migrate(settings))
+    where = "PostgreSQL" if settings.database_url else f"SQLite in {settings.data_dir}"
+    if before == after:
+        print(f"schema version {after} ({where}): up to date")
+    else:
+        print(f"schema version {before} -> {after} ({where})")
+    return 0
+
+
 def export_users_command(settings: Settings, args: argparse.Namespace, stdin: TextIO) -> int:
     from server import transfer
 
@@ -439,9 +453,9 @@ def import_users_command(settings: Settings, args: argparse.Namespace, stdin: Te
         return plan
 
     async def run(source: BinaryIO, size: int | None) -> transfer.ImportPlan:
-        if args.dry_run and not (settings.data_dir / DATABASE_FILE).is_file():
+        if args.dry_run and settings.database_url is None and not (settings.data_dir / DATABASE_FILE).is_file():
             return await check(None, source, size)  # a dry run creates no database
-        async with open_store(settings.data_dir) as store:
+        async with backends.open_user_store(settings) as store:
             plan = await check(store, source, size)
             if plan.ok and not args.dry_run:
                 await transfer.apply_import(store, plan)
@@ -521,6 +535,7 @@ COMMANDS: dict[str, Command] = {
     "export-users": export_users_command,
     "import-users": import_users_command,
     "check-config": check_config_command,
+    "migrate": migrate_command,
 }
 
 
@@ -551,7 +566,7 @@ async def _administration(settings: Settings, *, create: bool = False) -> AsyncI
     ``create``), with a one-thread hashing pool at the configured cost."""
     hasher = PasswordHasher(settings.bcrypt_rounds, workers=1)
     try:
-        async with open_store(settings.data_dir) if create else _open_existing_store(settings) as store:
+        async with backends.open_user_store(settings) if create else _open_existing_store(settings) as store:
             yield UserAdministration(store, hasher, auth_policy(settings))
     finally:
         await asyncio.to_thread(hasher.close)
@@ -562,13 +577,11 @@ async def _create_user(settings: Settings, creation: UserCreation) -> User:
         return await users.create(creation, via=VIA)
 
 
-def _open_existing_store(settings: Settings) -> AbstractAsyncContextManager[SqliteUserStore]:
-    """The store, for commands that only make sense on an existing database (a typo must not create one)."""
-    prepare_data_dir(settings.data_dir, create=False)
-    path = settings.data_dir / DATABASE_FILE
-    if not path.is_file():
-        raise CommandError(f"no database at {path}: is the data directory ({settings.data_dir}) right?")
-    return open_store(settings.data_dir)
+def _open_existing_store(settings: Settings) -> AbstractAsyncContextManager[UserStore]:
+    """The store, for commands that only make sense on existing users (a typo must not create a database)."""
+    if settings.database_url is None:
+        prepare_data_dir(settings.data_dir, create=False)
+    return backends.open_user_store(settings, create=False)
 
 
 def _run_admin(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -85,6 +85,7 @@ class Settings:
     database_timeout_ms: int = 5000
     redis_url: str | None = field(default=None, repr=False)
     redis_timeout_ms: int = 100
+    redis_key_prefix: str = "mixauth:"
     rate_limit_redis_failure: str = "local"
     jwt_secret_previous: tuple[str, ...] = field(default=(), repr=False)
     # Where each value came from ("default", "file", "env", "flag"), for operators' diagnostics.
@@ -345,6 +346,13 @@ def redacted_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
+def _redis_prefix(value: Any) -> str:
+    prefix = _text(value)
+    if len(prefix) > 64 or not prefix.isprintable() or " " in prefix:
+        raise ValueError("must be 1 to 64 printable characters without spaces")
+    return prefix
+
+
 def _redis_failure(value: Any) -> str:
     mode = _text(value).lower()
     if mode not in ("local", "deny"):
@@ -523,6 +531,11 @@ OPTIONS: tuple[Option, ...] = (
         "redis_timeout_ms",
         _int_between(1, 60_000),
         "Redis connect and command timeout in milliseconds; past it the limiter treats Redis as down.",
+    ),
+    Option(
+        "redis_key_prefix",
+        _redis_prefix,
+        "Start of every Redis key mixauth writes, so that tenants or services sharing one Redis stay apart.",
     ),
     Option(
         "rate_limit_redis_failure",

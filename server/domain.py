@@ -41,6 +41,7 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   └── PasswordResetIpRateLimited (429 password_reset_ip_rate_limited)
     ├── Overloaded (503 overloaded)
     ├── NotReady (503 not_ready)
+    ├── DatabaseUnavailable (503 database_unavailable)
     └── RateLimiterUnavailable (503 rate_limiter_unavailable)
 """
 
@@ -394,6 +395,19 @@ class NotReady(MixauthError):
     status = 503
     code = "not_ready"
     default_message = "The database does not answer."
+
+
+class DatabaseUnavailable(MixauthError):
+    """The database (PostgreSQL) cannot be reached or stopped answering mid-request: nothing was changed
+    that the caller was told about, and the same request may be sent again."""
+
+    status = 503
+    code = "database_unavailable"
+    default_message = "The database does not answer. Please try again shortly."
+    retry_after = 1
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class RateLimiterUnavailable(MixauthError):

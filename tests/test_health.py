@@ -31,7 +31,7 @@ async def test_ready_answers_when_the_database_does(make_client: ClientFactory) 
     client = await make_client()
     response = await client.get("/health/ready")
     assert response.status == 200
-    assert await response.json() == {"status": "ok"}
+    assert await response.json() == {"status": "ok", "database": "ok", "rate_limiter": "memory"}
 
 
 async def test_ready_is_503_with_a_json_reason_when_the_database_fails(
@@ -42,7 +42,7 @@ async def test_ready_is_503_with_a_json_reason_when_the_database_fails(
     async def broken() -> int:
         raise OSError("disk I/O error")
 
-    monkeypatch.setattr(client.app[READINESS], "data_version", broken)
+    monkeypatch.setitem(client.app[READINESS].probes, "database", broken)
     response = await client.get("/health/ready")
     assert response.status == 503
     body = await response.json()
@@ -62,7 +62,7 @@ async def test_ready_is_503_when_the_database_hangs(
         await asyncio.Event().wait()
         return 0
 
-    monkeypatch.setattr(client.app[READINESS], "data_version", hanging)
+    monkeypatch.setitem(client.app[READINESS].probes, "database", hanging)
     assert (await client.get("/health/ready")).status == 503
 
 

@@ -39,9 +39,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+import structlog
 
 from server.domain import (
     DELETE_TICKET_RETENTION_MS,
+    DatabaseUnavailable,
     DeleteTicket,
     EmailTaken,
     LastAdmin,
@@ -162,6 +164,18 @@ _NOT_THE_LAST_ADMIN = (
     " OR EXISTS (SELECT 1 FROM users AS other WHERE other.id <> users.id AND other.scope @> '{admin}'))"
 )
 _SORT_COLUMNS = {"created": "created_ms", "username": "username_key", "email": "email_key"}
+# What losing the database looks like to the driver: no connection, a broken one, an administrator's
+# shutdown or a restart in progress (57P0x), a statement or a pool wait past the timeout.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.QueryCanceledError,
+)
+log = structlog.get_logger("mixauth.storage")
+
 _CONSTRAINT_ERRORS: dict[str, type[Exception]] = {
     "users_pkey": UserIdTaken,
     "users_username_key": UsernameTaken,
@@ -192,7 +206,7 @@ class PostgresUserStore:
             return []
         rows = [_insert_row(user, kept) for user, kept in zip(users, stored, strict=True)]
         try:
-            async with self._pool.acquire(timeout=self._timeout) as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 await connection.executemany(_INSERT, rows, timeout=self._timeout)
         except asyncpg.UniqueViolationError as exc:
             raise _translate_unique_violation(exc) from None
@@ -225,7 +239,7 @@ class PostgresUserStore:
     async def delete(self, user_id: str, *, keep_an_admin: bool = False) -> bool:
         if not keep_an_admin:
             return await self._write("DELETE FROM users WHERE id = $1", user_id)
-        async with self._pool.acquire(timeout=self._timeout) as connection, connection.transaction():
+        async with self._connection() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK, timeout=self._timeout)
             status = await connection.execute(
                 "DELETE FROM users WHERE id = $1 AND " + _NOT_THE_LAST_ADMIN,  # noqa: S608 - a constant
@@ -264,7 +278,7 @@ class PostgresUserStore:
             if not guarded:
                 row = await self._fetchrow(statement, *parameters, user_id)
                 return None if row is None else _user_from_row(row)
-            async with self._pool.acquire(timeout=self._timeout) as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", _ADMIN_LOCK, timeout=self._timeout)
                 row = await connection.fetchrow(statement, *parameters, user_id, timeout=self._timeout)
                 if row is not None:
@@ -356,20 +370,31 @@ class PostgresUserStore:
         row = await self._fetchrow(query, value)
         return None if row is None else _user_from_row(row)
 
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection; losing the database while getting or using it is DatabaseUnavailable (503),
+        never a driver error that would reach the client as a 500."""
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as connection:
+                yield connection
+        except _UNREACHABLE as exc:
+            log.warning("database.unavailable", error=type(exc).__name__)
+            raise DatabaseUnavailable() from None
+
     async def _execute(self, statement: str, *parameters: Any) -> str:
-        async with self._pool.acquire(timeout=self._timeout) as connection:
+        async with self._connection() as connection:
             return await connection.execute(statement, *parameters, timeout=self._timeout)
 
     async def _fetch(self, query: str, *parameters: Any) -> list[asyncpg.Record]:
-        async with self._pool.acquire(timeout=self._timeout) as connection:
+        async with self._connection() as connection:
             return await connection.fetch(query, *parameters, timeout=self._timeout)
 
     async def _fetchrow(self, query: str, *parameters: Any) -> asyncpg.Record | None:
-        async with self._pool.acquire(timeout=self._timeout) as connection:
+        async with self._connection() as connection:
             return await connection.fetchrow(query, *parameters, timeout=self._timeout)
 
     async def _fetchval(self, query: str, *parameters: Any) -> Any:
-        async with self._pool.acquire(timeout=self._timeout) as connection:
+        async with self._connection() as connection:
             return await connection.fetchval(query, *parameters, timeout=self._timeout)
 
 

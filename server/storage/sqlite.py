@@ -578,3 +578,21 @@ async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the database {path}: {exc}") from None
         yield SqliteUserStore(writer, reader)
+
+
+def stored_schema_version(data_dir: Path) -> int:
+    """The schema version of the database in ``data_dir`` as it is now (0: none yet), without changing it."""
+    path = data_dir / DATABASE_FILE
+    if not path.is_file():
+        return 0
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError:  # no schema_version table: nothing migrated yet
+        return 0
+    finally:
+        connection.close()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+SCHEMA_VERSION = len(MIGRATIONS)

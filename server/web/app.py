@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from server.backends import open_backends
 from server.config import Settings
 from server.domain import Rule
 from server.hashing import PasswordHasher
@@ -24,8 +25,6 @@ from server.recovery import RecoveryPolicy, RecoveryService
 from server.security import TokenCodec
 from server.service import UNOBSERVED, AuthPolicy, AuthService
 from server.storage.cached import CachedUserStore
-from server.storage.secret import load_or_create_secret
-from server.storage.sqlite import open_store
 from server.users import UserAdministration
 from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
@@ -41,6 +40,7 @@ from server.web.keys import (
     STORE,
     TRUSTED_PROXIES,
     USERS,
+    Readiness,
 )
 from server.web.middleware import bearer_auth, error_mapping, request_context
 from server.web.routes import add_routes, api_routes
@@ -125,19 +125,15 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     background = app[BACKGROUND] = BackgroundTasks()  # reset-code deliveries, drained before the store closes
 
     async def services(app: web.Application) -> AsyncIterator[None]:
-        secret = (
-            settings.jwt_secret.encode()
-            if settings.jwt_secret is not None
-            else await asyncio.to_thread(load_or_create_secret, settings.data_dir)
-        )
         hasher = PasswordHasher(settings.bcrypt_rounds, settings.hash_workers, settings.hash_queue_limit)
         try:
-            async with open_store(settings.data_dir) as database:
-                store = CachedUserStore(database, database.data_version, clock=clock)
-                limiter = MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets)
-                tokens = TokenCodec(secret, settings.jwt_token_exp, clock=wall_clock)
+            async with open_backends(settings, clock=clock) as backends:
+                store, limiter = backends.store, backends.limiter
+                tokens = TokenCodec(
+                    backends.secret, settings.jwt_token_exp, clock=wall_clock, previous=backends.previous_secrets
+                )
                 app[STORE] = store
-                app[READINESS] = database
+                app[READINESS] = Readiness(backends.probes, backends.states)
                 app[SERVICE] = AuthService(
                     store=store,
                     hasher=hasher,
@@ -160,7 +156,9 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
                     observer=metrics if metrics is not None else UNOBSERVED,
                 )
                 if metrics is not None:
-                    _watch(metrics, limiter, hasher, tokens, store)
+                    _watch(metrics, backends.memory_limiter, hasher, tokens, store)
+                    for name, documentation, read in backends.gauges:
+                        metrics.gauge(name, documentation, read)
                 yield
         finally:
             await asyncio.to_thread(hasher.close)

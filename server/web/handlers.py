@@ -50,12 +50,20 @@ async def health_live(request: web.Request) -> web.Response:
 
 
 async def health_ready(request: web.Request) -> web.Response:
-    try:
-        await asyncio.wait_for(request.app[READINESS].data_version(), READINESS_TIMEOUT)
-    except Exception as exc:  # any failure of the probe query means "not ready"; the reason goes to the log
-        log.warning("health.not_ready", error=type(exc).__name__)
-        raise NotReady() from None
-    return json_response({"status": "ok"})
+    """200 when every backend the instance needs answers within the timeout, with what each one is;
+    503 naming the first that does not."""
+    readiness = request.app[READINESS]
+    report: dict[str, str] = {}
+    for name, probe in readiness.probes.items():
+        try:
+            await asyncio.wait_for(probe(), READINESS_TIMEOUT)
+        except Exception as exc:  # any failure of the probe means "not ready"; the reason goes to the log
+            log.warning("health.not_ready", backend=name, error=type(exc).__name__)
+            raise NotReady() from None
+        report[name] = "ok"
+    for name, state in readiness.states.items():
+        report[name] = state()
+    return json_response({"status": "ok", **report})
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from aiohttp import web
 
@@ -38,13 +38,16 @@ METRICS = web.AppKey("metrics", Metrics)
 METRICS_TOKEN = web.AppKey("metrics_token", bytes)
 
 
-class Probe(Protocol):
-    async def data_version(self) -> int:
-        """A cheap database query: the readiness check's answer."""
-        ...
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What GET /health/ready asks: ``probes`` must all answer (the database), ``states`` are reported
+    (the rate limiter's backend, which never makes the instance unready)."""
+
+    probes: Mapping[str, Callable[[], Awaitable[object]]]
+    states: Mapping[str, Callable[[], str]]
 
 
-READINESS = web.AppKey("readiness", Probe)
+READINESS = web.AppKey("readiness", Readiness)
 ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
 TRUSTED_PROXIES: web.AppKey[tuple[IPNetwork, ...]] = web.AppKey("trusted_proxies")
 

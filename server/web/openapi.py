@@ -486,7 +486,7 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 "operationId": "healthReady",
                 "summary": "The database answers a query (within 2 s). Open, never rate limited.",
                 "responses": {
-                    "200": _json(_ref("Health"), "Ready."),
+                    "200": _json(_ref("Readiness"), "Ready, with the state of each backend."),
                     **_PROXY_ERROR,
                     **_TOKEN_ERROR,
                     "503": _error("The database did not answer (code not_ready)."),
@@ -513,6 +513,20 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 "type": "object",
                 "required": ["status"],
                 "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            },
+            "Readiness": {
+                "type": "object",
+                "required": ["status", "database", "rate_limiter"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok"]},
+                    "database": {"type": "string", "enum": ["ok"]},
+                    "rate_limiter": {
+                        "type": "string",
+                        "enum": ["memory", "redis", "local", "deny"],
+                        "description": "Where limits are counted: memory (no REDIS_URL), redis, or while Redis is "
+                        "down local (in this instance's memory) or deny (rate-limited calls get 503).",
+                    },
+                },
             },
             "SignInRequest": {
                 "type": "object",
