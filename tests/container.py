@@ -171,6 +171,12 @@ def ensure_base_image(podman: Podman, tag: str, mirror: str, work: Path) -> None
     shutil.rmtree(rootfs)
 
 
+# pip evaluates dependency markers against the Python running it, not --python-version: what a dependency asks
+# for only on an older Python than this one (redis-py's async-timeout before 3.11.3; Debian bookworm has 3.11.2)
+# is fetched as well, in case the image's Python is that old.
+BACKPORTS = ("async-timeout>=4.0.3",)
+
+
 def wheelhouse(podman: Podman, base: str, directory: Path) -> None:
     """mixauth's wheel and its dependencies' wheels for the base image's Python, for a build without an index."""
     version = podman.out("run", "--rm", base, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
@@ -179,7 +185,7 @@ def wheelhouse(podman: Podman, base: str, directory: Path) -> None:
         ["wheel", "--no-deps", "-w", str(directory), str(ROOT)],
         # setuptools: the build backend, which pip needs to build mixauth inside the image.
         ["download", "-d", str(directory), "--only-binary=:all:", "--python-version", version,
-         "--find-links", str(directory), "mixauth[uvloop]", "setuptools>=77"],
+         "--find-links", str(directory), "mixauth[uvloop]", "setuptools>=77", *BACKPORTS],
     ):  # fmt: skip
         run_tool([*pip, *command])
 
