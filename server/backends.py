@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
-from server.config import Settings
+from server.config import Settings, secret_key
 from server.domain import RateLimiter, UserStore
 from server.limits.memory import MemoryRateLimiter
 from server.storage.cached import CachedUserStore
@@ -105,11 +105,11 @@ async def migrate(settings: Settings) -> tuple[int, int]:
 async def open_backends(settings: Settings, *, clock: Clock) -> AsyncIterator[Backends]:
     """Everything a serving instance needs, opened in order and closed in reverse."""
     secret = (
-        settings.jwt_secret.encode()
+        secret_key(settings.jwt_secret)
         if settings.jwt_secret is not None
         else await asyncio.to_thread(load_or_create_secret, settings.data_dir)
     )
-    previous = tuple(item.encode() for item in settings.jwt_secret_previous)
+    previous = tuple(secret_key(item) for item in settings.jwt_secret_previous)
     memory = MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_user_store(settings))

@@ -7,6 +7,8 @@ list, and a test keeps the two in step.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import tomllib
@@ -20,6 +22,7 @@ from typing import Any
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MIN_SECRET_BYTES = 32
+BASE64_PREFIX = "base64:"
 MAX_CONFIG_BYTES = 1024 * 1024
 MIN_METRICS_TOKEN_CHARACTERS = 16
 MIN_WEBHOOK_SECRET_BYTES = 16
@@ -185,9 +188,22 @@ def _path(value: Any) -> Path:
 def _secret(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
-    if len(value.encode()) < MIN_SECRET_BYTES:
+    if len(secret_key(value)) < MIN_SECRET_BYTES:
         raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long")
     return value
+
+
+def secret_key(value: str) -> bytes:
+    """The signing key a secret setting names: its UTF-8 bytes, or with the prefix ``base64:`` the bytes its
+    URL-safe base64 encodes (how a generated secret, DATA_DIR/jwt-secret, is kept: moving to many instances,
+    ``JWT_SECRET=base64:$(cat DATA_DIR/jwt-secret)`` keeps every token valid)."""
+    if not value.startswith(BASE64_PREFIX):
+        return value.encode()
+    text = value[len(BASE64_PREFIX) :].strip()
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"is not valid base64 after {BASE64_PREFIX!r}") from None
 
 
 def _metrics_token(value: Any) -> str | None:
@@ -367,7 +383,7 @@ def _previous_secrets(value: Any) -> tuple[str, ...]:
         raise ValueError("expected a comma-separated list of secrets")  # never the value: it is secret
     secrets = tuple(dict.fromkeys(_comma_list(value, "secrets")))
     for secret in secrets:
-        if len(secret.encode()) < MIN_SECRET_BYTES:
+        if len(secret_key(secret)) < MIN_SECRET_BYTES:
             raise ValueError(f"each secret must be at least {MIN_SECRET_BYTES} bytes long")
     return secrets
 
@@ -425,7 +441,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("host", _text, "Address to listen on."),
     Option("port", _int_between(0, 65535), "TCP port to listen on."),
     Option("data_dir", _path, "Directory for the SQLite database and the generated JWT secret."),
-    Option("jwt_secret", _secret, "HS256 signing secret, at least 32 bytes; generated and kept in data_dir if unset."),
+    Option(
+        "jwt_secret",
+        _secret,
+        "HS256 signing secret, 32+ bytes (base64:... for encoded bytes); generated and kept in data_dir if unset.",
+    ),
     Option(
         "jwt_secret_file",
         _path,

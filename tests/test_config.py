@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import re
@@ -22,6 +23,7 @@ from server.config import (
     parse_scopes,
     redacted_url,
     reference_markdown,
+    secret_key,
 )
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
@@ -587,3 +589,15 @@ def test_redacted_url_hides_only_the_password() -> None:
         "postgresql://mixauth:***@db:5432/auth?sslmode=require"
     )
     assert redacted_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_a_base64_secret_names_the_bytes_it_encodes(workdir: Path) -> None:
+    """A generated secret (DATA_DIR/jwt-secret, URL-safe base64 of 64 random bytes) used as JWT_SECRET."""
+    raw = bytes(range(200, 256)) + bytes(range(8))
+    text = "base64:" + base64.urlsafe_b64encode(raw).decode()
+    assert secret_key(text) == raw
+    assert secret_key(text.rstrip("=")) == raw  # padding is optional
+    assert secret_key(GOOD_SECRET) == GOOD_SECRET.encode()
+    assert load_settings(None, {"JWT_SECRET": text}, None).jwt_secret == text
+    assert "at least 32 bytes" in config_error(None, {"JWT_SECRET": "base64:" + base64.b64encode(b"x" * 31).decode()})
+    assert "not valid base64" in config_error(None, {"JWT_SECRET": "base64:" + "*" * 60})

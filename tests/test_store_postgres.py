@@ -38,6 +38,12 @@ async def eventually(condition: Callable[[], object], within: float = 3.0) -> No
         await asyncio.sleep(0.005)
 
 
+async def heard(listener: ChangeListener, notifications: int) -> None:
+    """Wait for the notifications of the test's own writes so far: one arriving after a read would make the
+    cache forget what the read remembered (harmless for a server, which reads again; not for a count)."""
+    await eventually(lambda: listener.notifications >= notifications)
+
+
 @asynccontextmanager
 async def instance(url: str, clock: FakeClock) -> AsyncIterator[tuple[CachedUserStore, ChangeListener]]:
     """One mixauth instance's storage: a pool, the cache in front of it (on ``clock``) and its listener."""
@@ -151,13 +157,14 @@ async def test_racing_removals_of_the_last_two_admins_across_instances_leave_one
 async def test_a_write_by_another_instance_is_forgotten_at_once(postgres_url: str, clock: FakeClock) -> None:
     async with instance(postgres_url, clock) as (one, listener), instance(postgres_url, clock) as (two, _):
         alice = await one.add(new_user("alice"))
+        await heard(listener, 1)
         assert await one.get_by_id(alice.id) == alice
         assert len(one) == 1
-        heard = listener.notifications
+        before = listener.notifications
 
         assert await two.revoke_tokens(alice.id) == 1
         await eventually(lambda: len(one) == 0)  # no clock moved: the notification did it
-        assert listener.notifications > heard
+        assert listener.notifications > before
         assert (await one.get_by_id(alice.id)).token_version == 1  # type: ignore[union-attr]
 
         assert await two.delete(alice.id)
@@ -169,6 +176,7 @@ async def test_writes_from_psql_are_heard_too(postgres_url: str, clock: FakeCloc
     async with instance(postgres_url, clock) as (cache, listener):
         alice = await cache.add(new_user("alice"))
         bob = await cache.add(new_user("bob"))
+        await heard(listener, 2)
         await cache.get_by_id(alice.id)
         await cache.get_by_id(bob.id)
         await execute(postgres_url, "UPDATE users SET plan = 'pro' WHERE id = $1", alice.id)
@@ -188,6 +196,7 @@ async def test_a_lost_listener_serves_nothing_older_than_a_recheck_and_reconnect
     database = postgres_url.rsplit("/", 1)[1]
     async with instance(postgres_url, clock) as (cache, listener), open_store(postgres_url) as other:
         alice = await cache.add(new_user("alice"))
+        await heard(listener, 1)
         await cache.get_by_id(alice.id)
         assert listener.connected
         assert listener.reconnects == 0
@@ -224,6 +233,7 @@ async def test_a_lost_listener_serves_nothing_older_than_a_recheck_and_reconnect
 async def test_a_reconnection_forgets_everything(postgres_url: str, clock: FakeClock) -> None:
     async with instance(postgres_url, clock) as (cache, listener):
         alice = await cache.add(new_user("alice"))
+        await heard(listener, 1)
         await cache.get_by_id(alice.id)
         await execute(postgres_url, "SELECT pg_terminate_backend($1)", listener.backend_pid)
         await eventually(lambda: listener.reconnects == 1 and listener.connected)

@@ -668,3 +668,31 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
         },
     },
 }
+
+# Operations that never read the database: the probes and this document.
+_WITHOUT_DATABASE = frozenset({"healthLive", "healthReady", "getOpenApi"})
+# Operations counted by the rate limiter, which can be Redis (REDIS_URL).
+_RATE_LIMITED = frozenset({"signIn", "createUser", "forgotPassword", "resetForgottenPassword"})
+_DATABASE_UNAVAILABLE = "the database (PostgreSQL, DATABASE_URL) does not answer (code database_unavailable)"
+_LIMITER_UNAVAILABLE = "Redis does not answer and RATE_LIMIT_REDIS_FAILURE is deny (code rate_limiter_unavailable)"
+
+
+def _add_backend_outages(document: dict[str, Any]) -> None:
+    """Every operation that reads the database can answer 503 while PostgreSQL is away, and every rate-limited
+    one while Redis is (with RATE_LIMIT_REDIS_FAILURE=deny); both with Retry-After. One 503 per operation, so
+    the reasons are joined into its description."""
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            if operation["operationId"] in _WITHOUT_DATABASE:
+                continue
+            reasons = [_DATABASE_UNAVAILABLE]
+            if operation["operationId"] in _RATE_LIMITED:
+                reasons.append(_LIMITER_UNAVAILABLE)
+            existing = operation["responses"].get("503")
+            if existing is not None:
+                reasons.insert(0, existing["description"].rstrip("."))
+            description = "; or ".join(reasons)
+            operation["responses"]["503"] = _error(description[0].upper() + description[1:] + ".", _RETRY_AFTER)
+
+
+_add_backend_outages(OPENAPI_DOCUMENT)
