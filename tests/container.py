@@ -46,6 +46,7 @@ import jwt
 import redis
 
 from server.storage.postgres import unusable
+from server.web.routes import USER_PATH
 from tests.conftest import (
     DEFAULT_TEST_DATABASE_URL,
     REDIS_DEFAULT_TEST_URL,
@@ -640,6 +641,11 @@ def answered(container: Container, *requests: tuple[str, str]) -> int:
     return count
 
 
+def since(before: Sequence[int], after: Sequence[int]) -> list[int]:
+    """Each instance's count of answered requests, less what it was before."""
+    return [later - earlier for earlier, later in zip(before, after, strict=True)]
+
+
 def seen_within(condition: Callable[[], bool], seconds: float) -> float | None:
     """How long until ``condition`` held (asked every 10 ms), or None when it did not within ``seconds``."""
     began = time.monotonic()
@@ -739,11 +745,17 @@ def check_scale_out_calls(
         took is not None,
         f"a scope change through instance 1 (PUT /users/{{id}}) is seen on instance 2 after {took or 0:.3f} s",
     )
+    before = [answered(instance, ("GET", USER_PATH)) for instance in instances]
     through = [call(f"{balancer.url}/users/{seed_id}", token=admin).body["scope"] for _ in range(4)]
-    check(through == [scope] * 4, "and through nginx (four GET /users/{id}, both instances)")
+    spread = since(before, [answered(instance, ("GET", USER_PATH)) for instance in instances])
+    check(
+        through == [scope] * 4 and spread[0] > 0 and spread[1] > 0,
+        f"and through nginx (four GET /users/{{id}}, {spread[0]} answered by instance 1, {spread[1]} by instance 2)",
+    )
 
     # From one client address the balancer names: TRUSTED_PROXIES=127.0.0.1 lets the instances believe it.
     client = "203.0.113.50"
+    before = [answered(instance, ("POST", "/user")) for instance in instances]
     statuses = [
         call(
             f"{balancer.url}/user",
@@ -757,7 +769,11 @@ def check_scale_out_calls(
         statuses[:10] == [200] + [409] * 9,
         "ten signups for one email through nginx: the first 200, nine 409 (the email is taken; each counts)",
     )
-    check(statuses[10] == 429, "the eleventh is 429: both instances count one signup limit, in Redis")
+    spread = since(before, [answered(instance, ("POST", "/user")) for instance in instances])
+    check(
+        statuses[10] == 429 and spread[0] > 0 and spread[1] > 0,
+        f"the eleventh is 429: one signup limit for both instances, which answered {spread[0]} and {spread[1]}",
+    )
     redis_url, prefix = limits
     keys = redis_keys(redis_url, prefix)
     check(keys, f"the limits' counters are in Redis under the instances' REDIS_KEY_PREFIX ({len(keys)} keys)")
@@ -777,7 +793,7 @@ def check_scale_out_calls(
         f"instance 2 stopped (exit 0 in {stopped:.1f} s): nginx sends every request to instance 1 ({answers})",
     )
 
-    logs = one.logs() + two.logs()
+    logs = "\n".join(instance.logs() for instance in instances)
     log_events(logs)
     leaked = [s for s in (secret, ADMIN["password"], "limited-password", admin, token, "$2b$") if s in logs]
     check(not leaked, "both instances' logs are JSON events with no secret, password, token or hash")
