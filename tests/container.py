@@ -4,20 +4,23 @@ It builds the Dockerfile, then checks against running containers what a single-c
 on: the API documentation's three curl calls, the health check turning healthy, a non-root process, metrics
 on their own port and not the API's, data and tokens surviving a new container on the same volume, SIGTERM
 draining a request in flight, ``JWT_SECRET``, ``API_USER_CREATE_SCOPE`` and ``TRUSTED_PROXIES`` taken from
-the environment, and an admin created with ``podman exec``. It prints one line a check, then the image size
-and each container's start-up time to healthy. It exits 1 on the first failed check, and 2 when podman
-cannot be installed.
+the environment, and an admin created with ``podman exec``. Then the scale-out example (docs/scale-out): two
+containers on the host's network, one PostgreSQL database and one Redis key prefix made for the run, behind
+Debian's nginx running the guide's own nginx.conf. It prints one line a check, and the image size and each
+container's start-up time to healthy. It exits 1 on the first failed check, and 2 when podman cannot be
+installed. ``--scale-out-only`` skips the single-container checks, ``--no-build`` reuses the image.
 
-On a machine without them it installs Debian's podman, runc and debootstrap (as root), and builds a base
-image with debootstrap (Debian bookworm's python3, so no registry is needed), kept in podman's image store
-for the next run. pip inside the build reaches packages through a wheel directory served on loopback, the
-Dockerfile's ``PIP_FIND_LINKS`` and ``PIP_NO_INDEX`` build arguments. ``--base-image python:3.12-slim``
-uses a registry's image instead.
+On a machine without them it installs Debian's podman, runc, debootstrap, curl and nginx-light (as root), and
+builds a base image with debootstrap (Debian bookworm's python3, so no registry is needed), kept in podman's
+image store for the next run. pip inside the build reaches packages through a wheel directory served on
+loopback, the Dockerfile's ``PIP_FIND_LINKS`` and ``PIP_NO_INDEX`` build arguments. ``--base-image
+python:3.12-slim`` uses a registry's image instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import http.server
@@ -26,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +37,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import jwt
+import redis
 
-from tests.conftest import free_port
+from server.storage.postgres import unusable
+from tests.conftest import (
+    DEFAULT_TEST_DATABASE_URL,
+    REDIS_DEFAULT_TEST_URL,
+    database_url,
+    delete_redis_keys,
+    free_port,
+    redis_keys,
+)
 
 Completed = subprocess.CompletedProcess[str]
 
@@ -97,12 +112,16 @@ class Podman:
         return self(*args, input=input, timeout=timeout).stdout.strip()
 
 
+# The tools the test runs, and the Debian package of each (nginx: the balancer of the scale-out check).
+PACKAGES = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap", "curl": "curl", "nginx": "nginx-light"}
+
+
 def ensure_packages() -> None:
-    missing = [tool for tool in ("podman", "runc", "debootstrap", "curl") if shutil.which(tool) is None]
+    missing = [package for tool, package in PACKAGES.items() if shutil.which(tool) is None]
     if not missing:
         return
     print(f"..    installing {' '.join(missing)} from Debian", flush=True)
-    install = ["apt-get", "install", "-y", "-qq", "podman", "runc", "debootstrap", "curl"]
+    install = ["apt-get", "install", "-y", "-qq", *missing]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if run_tool(install, env=env, check=False).returncode != 0:
         run_tool(["apt-get", "update", "-qq"], env=env)
@@ -259,19 +278,22 @@ class Container:
 
     def start(self) -> float:
         """Run it, then the seconds until its HEALTHCHECK first passes (podman runs it on request here)."""
-        self.port, self.metrics_port = free_port(), free_port()
         variables = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
         began = time.monotonic()
-        self.podman(
-            "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:2200",
-            "-p", f"127.0.0.1:{self.metrics_port}:2201", "-v", f"{self.volume}:/data",
-            *self.options, *variables, self.image,
-        )  # fmt: skip
+        self.podman("run", "-d", "--name", self.name, *self.placement(), *self.options, *variables, self.image)
         while self.podman("healthcheck", "run", self.name, check=False).returncode != 0:
             if time.monotonic() - began > HEALTHY_WITHIN:
                 raise CheckFailed(f"{self.name} not healthy after {HEALTHY_WITHIN:.0f} s:\n{self.logs()}")
             time.sleep(0.05)
         return time.monotonic() - began
+
+    def placement(self) -> list[str]:
+        """The options that say where it listens and keeps its data: new free ports, the volume."""
+        self.port, self.metrics_port = free_port(), free_port()
+        return [
+            "-p", f"127.0.0.1:{self.port}:2200", "-p", f"127.0.0.1:{self.metrics_port}:2201",
+            "-v", f"{self.volume}:/data",
+        ]  # fmt: skip
 
     def health(self) -> str:
         return self.podman.out("inspect", "--format", "{{.State.Health.Status}}", self.name)
@@ -294,6 +316,19 @@ class Container:
 
     def remove(self) -> None:
         self.podman("rm", "--force", self.name, check=False)
+
+
+class HostContainer(Container):
+    """A container on the host's network (``--network host``), as an instance of a scale-out deployment runs
+    beside its peers: it listens on loopback, on a free port of the host for the API (PORT) and another for
+    the metrics (METRICS_PORT)."""
+
+    def placement(self) -> list[str]:
+        self.port, self.metrics_port = free_port(), free_port()
+        return [
+            "--network", "host", "-v", f"{self.volume}:/data", "-e", "HOST=127.0.0.1", "-e", f"PORT={self.port}",
+            "-e", "METRICS_HOST=127.0.0.1", "-e", f"METRICS_PORT={self.metrics_port}",
+        ]  # fmt: skip
 
 
 def log_events(logs: str) -> list[str]:
@@ -330,27 +365,28 @@ def check_image(podman: Podman, image: str) -> None:
     check(listing == "[] False True", "its /data is empty, and neither the sources nor pip are in it")
 
 
-def check_seed_calls(container: Container) -> str:
-    """The API documentation's three curl calls, pointed at the container; the token, for later."""
+def check_seed_calls(url: str, via: str = "") -> str:
+    """The API documentation's three curl calls, pointed at ``url`` (a container, or the balancer: ``via``
+    says which in the report); the token, for later."""
     created = curl(
-        "-XPOST", f"{container.url}/user", "-H", "Content-type: application/json",
+        "-XPOST", f"{url}/user", "-H", "Content-type: application/json",
         "-d", '{ "username": "abc@example.com", "email": "abc@example.com", "password": "abc321" }',
     )  # fmt: skip
-    check(created.status == 200 and set(created.body) == {"token"}, "curl -XPOST /user: 200 {token}")
+    check(created.status == 200 and set(created.body) == {"token"}, f"curl -XPOST /user{via}: 200 {{token}}")
     signed_in = curl(
-        "-XPOST", f"{container.url}/user/auth", "-H", "Content-type: application/json",
+        "-XPOST", f"{url}/user/auth", "-H", "Content-type: application/json",
         "-d", '{ "username": "abc@example.com", "password": "abc321" }',
     )  # fmt: skip
     user = signed_in.body.get("user", {})
     check(
         signed_in.status == 200 and user.get("username") == SEED["username"] and signed_in.body.get("token"),
-        "curl -XPOST /user/auth: 200 {user, token}",
+        f"curl -XPOST /user/auth{via}: 200 {{user, token}}",
     )
     token: str = signed_in.body["token"]
-    current = curl(f"{container.url}/user", "-H", f"Authorization: Bearer {token}")
+    current = curl(f"{url}/user", "-H", f"Authorization: Bearer {token}")
     check(
         current.status == 200 and current.body["id"] == user["id"] and current.body["scope"] == ["user"],
-        "curl /user with the Bearer token: 200, the same user",
+        f"curl /user with the Bearer token{via}: 200, the same user",
     )
     return token
 
@@ -470,14 +506,311 @@ def check_secret_file(podman: Podman, image: str, volume: str, work: Path) -> No
         container.remove()
 
 
-def run(args: argparse.Namespace, work: Path) -> None:
-    podman = Podman(work / "containers.conf")
-    base = args.base_image or DEFAULT_BASE
+# The scale-out deployment of docs/scale-out/compose.yaml, with this host's PostgreSQL and Redis in place of
+# the registry images that cannot be pulled here.
+SCALE_OUT = ROOT / "docs" / "scale-out"
+# How soon a change made through one instance is seen through another (its change listener's promise).
+PROPAGATED_WITHIN = 1.0
+READY = {"status": "ok", "database": "ok", "rate_limiter": "redis"}
+SECRET_MOUNT = "/run/secrets/jwt_secret"
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server (MIXAUTH_TEST_DATABASE_URL, as the suite's), its
+    URL; dropped on exit, whoever is still connected."""
+    server_url = os.environ.get("MIXAUTH_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+    name = f"mixauth_container_{secrets.token_hex(4)}"
+
+    async def execute(statement: str) -> None:
+        connection = await asyncpg.connect(server_url, timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CheckFailed(f"the test PostgreSQL is not usable: {unusable('use', server_url, exc)}") from None
+    try:
+        yield database_url(server_url, name)
+    finally:
+        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def scratch_redis_prefix() -> Iterator[tuple[str, str]]:
+    """The test Redis (MIXAUTH_TEST_REDIS_URL) and a fresh key prefix in it, whose keys are deleted on exit."""
+    url = os.environ.get("MIXAUTH_TEST_REDIS_URL", REDIS_DEFAULT_TEST_URL)
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0) as client:
+            client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        where = urlsplit(url)  # the address only: the URL may hold a password
+        raise CheckFailed(f"the test Redis at {where.hostname}:{where.port} is not usable: {exc}") from None
+    prefix = f"mixauth-container-test:{secrets.token_hex(4)}:"
+    try:
+        yield url, prefix
+    finally:
+        delete_redis_keys(url, prefix)
+
+
+def balancer_config(template: str, upstreams: Sequence[int], port: int, directory: Path) -> str:
+    """The guide's nginx.conf for this host: its upstream servers ``mixauth-N:2200`` become the instances'
+    loopback ports, ``listen 8080`` a free loopback port, and its pid file and temporary files go to
+    ``directory``. Everything else is the guide's own; a line not found fails the check, so that a change to
+    the guide cannot leave this test checking something else."""
+
+    def replace(pattern: str, replacement: str, text: str) -> str:
+        text, found = re.subn(pattern, lambda match: replacement.format(*match.groups()), text, flags=re.MULTILINE)
+        check_silent(found == 1, f"docs/scale-out/nginx.conf: one line like {pattern!r} expected, {found} found")
+        return text
+
+    config = template
+    for number, upstream in enumerate(upstreams, 1):
+        config = replace(rf"^(\s*)server mixauth-{number}:2200\b", f"{{}}server 127.0.0.1:{upstream}", config)
+    named = re.findall(r"^\s*server mixauth-\d+:", config, flags=re.MULTILINE)
+    check_silent(not named, f"docs/scale-out/nginx.conf names more upstream servers than {len(upstreams)}")
+    config = replace(r"^(\s*)listen 8080;", f"{{}}listen 127.0.0.1:{port};", config)
+    config = replace(r"^pid [^;]*;", f"pid {directory / 'nginx.pid'};", config)
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # Debian's build puts them in /var/lib/nginx
+    temporary = "".join(f"\n    {kind}_temp_path {directory / kind};" for kind in kinds)
+    return replace(r"^http \{", "http {{" + temporary, config)
+
+
+class Balancer:
+    """nginx from Debian, run by the test in the foreground with ``balancer_config`` (its error log in
+    ``directory`` too)."""
+
+    def __init__(self, directory: Path, upstreams: Sequence[int]) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.config = directory / "nginx.conf"
+        template = (SCALE_OUT / "nginx.conf").read_text()
+        self.config.write_text(balancer_config(template, upstreams, self.port, directory))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, *extra: str) -> list[str]:
+        error_log = self.directory / "nginx-error.log"
+        return ["nginx", "-p", f"{self.directory}/", "-c", str(self.config), "-e", str(error_log), *extra]
+
+    def start(self) -> None:
+        run_tool(self.command("-t"), timeout=30)  # a configuration nginx refuses fails here, with its reason
+        self.process = subprocess.Popen(
+            self.command("-g", "daemon off;"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            if self.process.poll() is not None:
+                raise CheckFailed(f"nginx exited {self.process.returncode}: {self.error_log()}")
+            check_silent(time.monotonic() < deadline, f"nginx not listening after 10 s: {self.error_log()}")
+            time.sleep(0.02)
+
+    def error_log(self) -> str:
+        path = self.directory / "nginx-error.log"
+        return path.read_text()[-2000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (nginx's fast shutdown), SIGKILL when that takes longer than ten seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def answered(container: Container, *requests: tuple[str, str]) -> int:
+    """How many of the API requests ``(method, route)`` the container's log says it answered."""
+    count = 0
+    for line in container.logs().splitlines():
+        if '"http.request"' in line:
+            record = json.loads(line)
+            count += (record.get("method"), record.get("route")) in requests
+    return count
+
+
+def since(before: Sequence[int], after: Sequence[int]) -> list[int]:
+    """Each instance's count of answered requests, less what it was before."""
+    return [later - earlier for earlier, later in zip(before, after, strict=True)]
+
+
+def seen_within(condition: Callable[[], bool], seconds: float) -> float | None:
+    """How long until ``condition`` held (asked every 10 ms), or None when it did not within ``seconds``."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > seconds:
+            return None
+        time.sleep(0.01)
+    return time.monotonic() - began
+
+
+def check_scale_out(podman: Podman, image: str, directory: Path) -> None:
+    """Two instances of the image on one PostgreSQL database and one Redis, behind nginx with the guide's
+    docs/scale-out/nginx.conf: what docs/scale-out/compose.yaml deploys. Both instances run on the host's
+    network, as compose's services share theirs; the test plays compose's part (one secret mounted in both)."""
+    directory.mkdir()
+    print("..    scale-out: two instances on PostgreSQL and Redis behind nginx (docs/scale-out)", flush=True)
+    secret = secrets.token_urlsafe(48)
+    secret_file = directory / "jwt_secret"
+    secret_file.write_text(secret)
+    secret_file.chmod(0o444)
+    volume = f"mixauth-test-{secrets.token_hex(4)}"
+    with scratch_database() as url, scratch_redis_prefix() as (redis_url, prefix):
+        # An environment file, not -e: the URLs (which may hold passwords) stay out of command lines and errors.
+        env_file = directory / "mixauth.env"
+        env_file.touch(mode=0o600)
+        settings = {
+            "DATABASE_URL": url,
+            "REDIS_URL": redis_url,
+            "REDIS_KEY_PREFIX": prefix,
+            "JWT_SECRET_FILE": SECRET_MOUNT,
+            "TRUSTED_PROXIES": "127.0.0.1",
+        }
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        shared = ("--env-file", str(env_file), "-v", f"{secret_file}:{SECRET_MOUNT}:ro")
+        instances = [
+            HostContainer(podman, image, f"mixauth-test-scale-{number}", f"{volume}-{number}", *shared)
+            for number in (1, 2)
+        ]
+        balancer: Balancer | None = None
+        try:
+            started = [instance.start() for instance in instances]
+            for number, (instance, took) in enumerate(zip(instances, started, strict=True), 1):
+                ready = call(f"{instance.url}/health/ready")
+                check(
+                    ready.status == 200 and ready.body == READY,
+                    f"instance {number} healthy in {took:.2f} s; /health/ready: {json.dumps(ready.body)}",
+                )
+            balancer = Balancer(directory, [instance.port for instance in instances])
+            balancer.start()
+            check_scale_out_calls(podman, image, instances, balancer, shared, (redis_url, prefix), secret)
+        finally:
+            if balancer is not None:
+                balancer.stop()
+            for instance in instances:
+                instance.remove()
+            podman("volume", "rm", "--force", *(instance.volume for instance in instances), check=False)
+
+
+def check_scale_out_calls(
+    podman: Podman,
+    image: str,
+    instances: Sequence[Container],
+    balancer: Balancer,
+    shared: Sequence[str],
+    limits: tuple[str, str],
+    secret: str,
+) -> None:
+    """Through the balancer and each instance directly: the seed calls, an admin, a scope change, the signup
+    limit and an instance stopped."""
+    one, two = instances
+    seed_routes = (("POST", "/user"), ("POST", "/user/auth"), ("GET", "/user"))
+    token = check_seed_calls(balancer.url, " through nginx")
+    served = [answered(instance, *seed_routes) for instance in instances]
+    check(
+        served[0] > 0 and served[1] > 0 and sum(served) == 3,
+        f"nginx sent them to both instances ({served[0]} to instance 1, {served[1]} to instance 2)",
+    )
+    seed_id = call(f"{balancer.url}/user", token=token).body["id"]
+
+    admin_id = podman.out(
+        "run", "--rm", "--interactive", "--network", "host", *shared, image, "mixauth", "create-user",
+        "--username", "admin", "--email", ADMIN["email"], "--scope", "admin", "--password-stdin",
+        input=ADMIN["password"] + "\n",
+    )  # fmt: skip
+    check(len(admin_id) == 24, f"podman run --rm ... mixauth create-user made the admin in PostgreSQL ({admin_id})")
+    signed_in = call(f"{balancer.url}/user/auth", "POST", ADMIN)
+    check(signed_in.status == 200 and signed_in.body["user"]["id"] == admin_id, "the admin signs in through nginx")
+    admin: str = signed_in.body["token"]
+
+    scope = ["user", "editor"]
+    changed = call(f"{one.url}/users/{seed_id}", "PUT", {"scope": scope}, token=admin)
+    check_silent(changed.status == 200 and changed.body["scope"] == scope, f"PUT /users/{{id}}: {changed}")
+    took = seen_within(
+        lambda: call(f"{two.url}/users/{seed_id}", token=admin).body["scope"] == scope, PROPAGATED_WITHIN
+    )
+    check(
+        took is not None,
+        f"a scope change through instance 1 (PUT /users/{{id}}) is seen on instance 2 after {took or 0:.3f} s",
+    )
+    before = [answered(instance, ("GET", "/users/{id}")) for instance in instances]
+    through = [call(f"{balancer.url}/users/{seed_id}", token=admin).body["scope"] for _ in range(4)]
+    spread = since(before, [answered(instance, ("GET", "/users/{id}")) for instance in instances])
+    check(
+        through == [scope] * 4 and spread[0] > 0 and spread[1] > 0,
+        f"and through nginx (four GET /users/{{id}}, {spread[0]} answered by instance 1, {spread[1]} by instance 2)",
+    )
+
+    # From one client address the balancer names: TRUSTED_PROXIES=127.0.0.1 lets the instances believe it.
+    client = "203.0.113.50"
+    before = [answered(instance, ("POST", "/user")) for instance in instances]
+    statuses = [
+        call(
+            f"{balancer.url}/user",
+            "POST",
+            {"username": f"limited{attempt}", "email": "limited@example.com", "password": "limited-password"},
+            forwarded_for=client,
+        ).status
+        for attempt in range(11)
+    ]
+    check(
+        statuses[:10] == [200] + [409] * 9,
+        "ten signups for one email through nginx: the first 200, nine 409 (the email is taken; each counts)",
+    )
+    spread = since(before, [answered(instance, ("POST", "/user")) for instance in instances])
+    check(
+        statuses[10] == 429 and spread[0] > 0 and spread[1] > 0,
+        f"the eleventh is 429: one signup limit for both instances, which answered {spread[0]} and {spread[1]}",
+    )
+    redis_url, prefix = limits
+    keys = redis_keys(redis_url, prefix)
+    check(keys, f"the limits' counters are in Redis under the instances' REDIS_KEY_PREFIX ({len(keys)} keys)")
+    client_ips = {
+        json.loads(line).get("client_ip")
+        for instance in instances
+        for line in instance.logs().splitlines()
+        if '"user.created"' in line
+    }
+    check(client in client_ips, "TRUSTED_PROXIES=127.0.0.1: behind nginx the client IP is X-Forwarded-For's")
+
+    code, stopped = two.stop()
+    check_silent(code == 0, f"instance 2 exited {code}")
+    answers = [call(f"{balancer.url}/user", token=admin).status for _ in range(4)]
+    check(
+        answers == [200] * 4,
+        f"instance 2 stopped (exit 0 in {stopped:.1f} s): nginx sends every request to instance 1 ({answers})",
+    )
+
+    logs = "\n".join(instance.logs() for instance in instances)
+    log_events(logs)
+    leaked = [s for s in (secret, ADMIN["password"], "limited-password", admin, token, "$2b$") if s in logs]
+    check(not leaked, "both instances' logs are JSON events with no secret, password, token or hash")
+
+
+def build_image(podman: Podman, args: argparse.Namespace, work: Path) -> str:
+    """The image built from the working tree (and the base image made when missing); the base image's tag."""
+    base: str = args.base_image or DEFAULT_BASE
     if args.base_image is None:
         mirror = args.mirror or apt_mirror()
         if mirror is None:
             raise CheckFailed("no Debian bookworm archive in apt's sources: pass --mirror or --base-image")
         ensure_base_image(podman, DEFAULT_BASE, mirror, work)
+    if args.no_build and podman("image", "exists", args.tag, check=False).returncode == 0:
+        print(f"..    {args.tag}: not rebuilt (--no-build)", flush=True)
+        return base
     wheels = work / "wheels"
     wheels.mkdir()
     wheelhouse(podman, base, wheels)
@@ -489,20 +822,25 @@ def run(args: argparse.Namespace, work: Path) -> None:
             timeout=1200,
         )  # fmt: skip
         built = time.monotonic() - began
-    size = int(podman.out("image", "inspect", "--format", "{{.Size}}", args.tag))
-    base_size = int(podman.out("image", "inspect", "--format", "{{.Size}}", base))
     print(f"..    built {args.tag} on {base} in {built:.1f} s", flush=True)
-    check_image(podman, args.tag)
+    return base
+
+
+def check_single_container(podman: Podman, image: str, base: str, work: Path) -> None:
+    """One container at a time on a volume, as the README's deployment runs it."""
+    size = int(podman.out("image", "inspect", "--format", "{{.Size}}", image))
+    base_size = int(podman.out("image", "inspect", "--format", "{{.Size}}", base))
+    check_image(podman, image)
 
     volume = f"mixauth-test-{secrets.token_hex(4)}"
     env_volume = f"{volume}-env"
-    first = Container(podman, args.tag, "mixauth-test-first", volume)
+    first = Container(podman, image, "mixauth-test-first", volume)
     # Cost 14 (about a second a hash): a signup is still hashing when the drain check stops this one.
-    second = Container(podman, args.tag, "mixauth-test-second", volume, BCRYPT_ROUNDS="14")
+    second = Container(podman, image, "mixauth-test-second", volume, BCRYPT_ROUNDS="14")
     try:
         fresh = first.start()
         check(first.health() == "healthy", f"healthy {fresh:.2f} s after podman run, on a new volume")
-        token = check_seed_calls(first)
+        token = check_seed_calls(first.url)
         check_process(first)
         check_untrusted_forwarded_for(first)
         check_metrics(first)
@@ -515,25 +853,33 @@ def run(args: argparse.Namespace, work: Path) -> None:
         check(again.status == 200, "the user signs in on the new container")
         check(call(f"{second.url}/user", token=token).status == 200, "the first container's token is still valid")
         check_drain(second)
-        one_off = podman.out("run", "--rm", "-v", f"{volume}:/data", args.tag, "mixauth", "list-users", "--json")
+        one_off = podman.out("run", "--rm", "-v", f"{volume}:/data", image, "mixauth", "list-users", "--json")
         listing = json.loads(one_off)
         check(
             sorted(user["username"] for user in listing) == [SEED["username"], "late"],
             "the drained signup is on the volume (mixauth list-users in a one-off container)",
         )
-        with_env = check_environment(podman, args.tag, env_volume)
-        check_secret_file(podman, args.tag, env_volume, work)
+        with_env = check_environment(podman, image, env_volume)
+        check_secret_file(podman, image, env_volume, work)
     finally:
         for container in (first, second):
             container.remove()
         podman("volume", "rm", "--force", volume, env_volume, check=False)
 
     print(
-        f"image {args.tag}: {size / 1e6:.0f} MB ({(size - base_size) / 1e6:.0f} MB over the base image {base})\n"
+        f"image {image}: {size / 1e6:.0f} MB ({(size - base_size) / 1e6:.0f} MB over the base image {base})\n"
         f"start-up to healthy: {fresh:.2f} s on a new volume, {restarted:.2f} s on an existing one, "
         f"{with_env:.2f} s with JWT_SECRET set",
         flush=True,
     )
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    podman = Podman(work / "containers.conf")
+    base = build_image(podman, args, work)
+    if not args.scale_out_only:
+        check_single_container(podman, args.tag, base, work)
+    check_scale_out(podman, args.tag, work / "scale-out")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -541,6 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-image", help=f"build on this image instead of {DEFAULT_BASE} (made when missing)")
     parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: the one apt's sources name)")
     parser.add_argument("--tag", default=DEFAULT_TAG, help=f"the image's tag (default {DEFAULT_TAG})")
+    parser.add_argument("--no-build", action="store_true", help="use the image already under --tag, when there is one")
+    parser.add_argument("--scale-out-only", action="store_true", help="skip the single-container checks")
     args = parser.parse_args(argv)
     try:
         ensure_packages()
