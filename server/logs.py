@@ -369,15 +369,46 @@ class _LineWriter:
             pass
 
 
-class _NamedLineLogger:
-    """structlog's wrapped logger: writes each rendered line, carrying the name a module asked for."""
+class _Chain(NamedTuple):
+    """The processors of one configuration that the direct path uses too, and the list structlog runs."""
 
-    def __init__(self, writer: _LineWriter, name: str) -> None:
+    timestamper: _Timestamper
+    renderer: Processor
+    processors: list[Processor]
+
+
+class _NamedLineLogger:
+    """structlog's wrapped logger: writes each rendered line, carrying the name a module asked for.
+
+    ``emit`` is the direct path for a line logged once per request (the access line): the same fields in the
+    same order, the same renderer and the same writer as structlog's chain, without the chain's per-call
+    work (a bound logger's context copy, the level method, one call per processor).
+    """
+
+    def __init__(self, writer: _LineWriter, name: str, chain: _Chain) -> None:
         self._writer = writer
         self.name = name
+        self.chain = chain
 
     def msg(self, message: str) -> None:
         self._writer.write(message)
+
+    def emit(self, level: str, event: str, fields: EventDict) -> None:
+        """Write ``fields`` as one line with ``event``, the request context, ``level``, ``timestamp`` and
+        ``logger``, exactly as ``structlog.get_logger(name).<level>(event, **fields)`` writes it; never raises.
+
+        The caller checks the level first, and passes no ``exc_info``: such a line takes structlog's path.
+        """
+        try:
+            fields["event"] = event
+            _merge_request_context(None, level, fields)
+            fields["level"] = level
+            self.chain.timestamper(None, level, fields)
+            fields["logger"] = self.name
+            line = self.chain.renderer(self, level, fields)
+        except Exception as exc:
+            line = unrenderable_line(self.name, level, exc)
+        self._writer.write(line if isinstance(line, str) else str(line))
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -473,11 +504,10 @@ def configure_logging(
     writer = _LineWriter(stream or sys.stdout, buffered=stream is None if buffered is None else buffered)
     if writer.buffered:
         atexit.register(writer.flush)  # lines of a loop that stopped before its next turn
-    shared: list[Processor] = [_merge_request_context, structlog.processors.add_log_level, _Timestamper()]
-    render: list[Processor] = [
-        structlog.processors.ExceptionRenderer(_TracebackTransformer()),
-        structlog.processors.JSONRenderer(serializer=render_line),
-    ]
+    timestamper = _Timestamper()
+    renderer = structlog.processors.JSONRenderer(serializer=render_line)
+    shared: list[Processor] = [_merge_request_context, structlog.processors.add_log_level, timestamper]
+    render: list[Processor] = [structlog.processors.ExceptionRenderer(_TracebackTransformer()), renderer]
     handler = _JsonLinesHandler(writer)
     handler.addFilter(_ProtocolErrorSummary(numeric_level))
     handler.setFormatter(
@@ -491,10 +521,11 @@ def configure_logging(
     root.setLevel(numeric_level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric_level, logging.INFO))
+    chain = _Chain(timestamper, renderer, [_never_failing([*shared, _add_logger_name, *render])])
     structlog.configure(
-        processors=[_never_failing([*shared, _add_logger_name, *render])],
+        processors=chain.processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=lambda *args: _NamedLineLogger(writer, args[0] if args else "mixauth"),
+        logger_factory=lambda *args: _NamedLineLogger(writer, args[0] if args else "mixauth", chain),
         cache_logger_on_first_use=cache,
     )
 
@@ -507,3 +538,18 @@ def bind_request(**fields: Any) -> None:
     nothing to clear first (clearing copies the whole context, on every request).
     """
     structlog.contextvars.bind_contextvars(**fields)
+
+
+def line_logger_of(logger: Any) -> _NamedLineLogger | None:
+    """The line logger under a structlog logger, for its direct path (``emit``); None unless that logger runs
+    the processors ``configure_logging`` set (not under structlog's defaults or a test's ``capture_logs``).
+
+    ``bind()`` returns the logger built for the current configuration: the same one every time once cached
+    (the server's choice), a new one on every call otherwise, so a reconfiguration is always seen.
+    """
+    bound = logger.bind()
+    # structlog documents both attributes as readable by wrapper classes.
+    wrapped = getattr(bound, "_logger", None)
+    if isinstance(wrapped, _NamedLineLogger) and getattr(bound, "_processors", None) is wrapped.chain.processors:
+        return wrapped
+    return None
