@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from threading import get_ident
 from typing import Any, NamedTuple, TextIO
 
 import orjson
@@ -329,17 +330,27 @@ class _LineWriter:
         self.buffered = buffered
         self._lock = threading.Lock()
         self._pending: list[str] = []
-        # The loop a flush is scheduled on, if any: one per turn.
+        # The loop a flush is scheduled on, if any (one per turn), and the thread that was running it.
         self._flush_on: asyncio.AbstractEventLoop | None = None
+        self._flush_thread = 0
 
     def write(self, line: str) -> None:
+        if self.buffered:
+            with self._lock:
+                # After a turn's first line, the others need not look up the running loop: asyncio's lookup
+                # costs a getpid() system call on every line (Python 3.11). The thread that scheduled the
+                # flush, while its loop runs, is on that loop; once the loop stops, the lookup decides again.
+                flush_on = self._flush_on
+                if flush_on is not None and self._flush_thread == get_ident() and flush_on.is_running():
+                    self._pending.append(line)
+                    return
         loop = _running_loop() if self.buffered else None
         with self._lock:
             self._pending.append(line)
             if loop is None:
                 self._write_pending()
             elif self._flush_on is not loop:
-                self._flush_on = loop
+                self._flush_on, self._flush_thread = loop, get_ident()
                 loop.call_soon(self.flush)
 
     def flush(self) -> None:
