@@ -548,7 +548,14 @@ def bind_request(**fields: Any) -> None:
     so nothing bound for one request reaches the next one on the same keep-alive connection, and there is
     nothing to clear first (clearing copies the whole context, on every request).
     """
-    structlog.contextvars.bind_contextvars(**fields)
+    for name, value in fields.items():
+        # structlog's own variable for the field, set directly once it exists: half the cost of
+        # bind_contextvars, which also builds the tokens to reset them, and nothing here resets.
+        variable = _STRUCTLOG_VARS.get(STRUCTLOG_KEY_PREFIX + name)
+        if variable is None:
+            structlog.contextvars.bind_contextvars(**{name: value})
+        else:
+            variable.set(value)
 
 
 def line_logger_of(logger: Any) -> _NamedLineLogger | None:
