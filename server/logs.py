@@ -39,11 +39,33 @@ from threading import get_ident
 from typing import Any, NamedTuple, TextIO
 
 import orjson
-import structlog
-from structlog.contextvars import _CONTEXT_VARS as _STRUCTLOG_VARS
-from structlog.contextvars import STRUCTLOG_KEY_PREFIX
-from structlog.tracebacks import ExceptionDictTransformer
-from structlog.typing import EventDict, ExcInfo, Processor
+
+
+def _import_structlog() -> None:
+    """Import structlog without the optional libraries of its console renderer, which mixauth never uses.
+
+    ``structlog.dev`` looks for rich, better-exceptions and colorama at import; with rich installed, its
+    traceback module (and pygments under it) took about 40 ms of the server's start-up. They are hidden
+    from that one import only (and only when nothing imported them already): later imports find them.
+    """
+    hidden = [name for name in ("rich", "better_exceptions", "colorama") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable" mark
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
+_import_structlog()
+
+import structlog  # noqa: E402
+from structlog.contextvars import _CONTEXT_VARS as _STRUCTLOG_VARS  # noqa: E402
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX  # noqa: E402
+from structlog.tracebacks import ExceptionDictTransformer  # noqa: E402
+from structlog.typing import EventDict, ExcInfo, Processor  # noqa: E402
 
 SENSITIVE_KEYS = frozenset(
     {"password", "password_hash", "hash", "token", "access_token", "authorization", "secret", "jwt_secret"}
