@@ -43,6 +43,7 @@ from bench.bcrypt_ceiling import BcryptRun
 from bench.servers import (
     MixauthOptions,
     ServerProcess,
+    compile_bytecode,
     mixauth_settings,
     start_ceiling,
     start_mixauth,
@@ -159,6 +160,7 @@ class Run:
             },
             "machine": machine.describe(),
         }
+        compile_bytecode(self.plan.python)
         results["startup_s"] = self.measure_startup()
         results["bcrypt_ceiling"] = self.bcrypt_ceiling()
         bcrypt_duration = self.bcrypt_duration(results["bcrypt_ceiling"]["checks_per_s"])
