@@ -13,7 +13,8 @@ Uniqueness is the database's job: ``username_key``, ``username_skeleton`` (the U
 so look-alike usernames are refused too) and ``email_key`` carry UNIQUE constraints, and the driver's
 IntegrityError is translated here into UsernameTaken, UsernameConfusable or EmailTaken. Skeletons depend on
 the confusables data of the ICU in use; the version they were made with is stored, and they are recomputed
-whenever it changes (``_refresh_username_skeletons``).
+whenever it changes (``_refresh_username_skeletons``). Beside it, the ICU module's fingerprint: a start with
+the same module loads no ICU.
 
 The admin command line opens its own store on the same file while the server runs. Every connection sets
 ``busy_timeout``, so a write that meets another process's write lock waits for it (up to
