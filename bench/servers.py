@@ -12,9 +12,9 @@ or a pipe a collector drains; /dev/null would make them free. The event loop is 
 own choice is uvloop when it is importable, so for the standard loop it runs with uvloop hidden from imports.
 
 Start-up time is from just before the spawn to the first HTTP answer of any status, with the servers' bytecode
-compiled first (``compile_bytecode``), as an installed package has it. Memory is the process's
-``VmRSS`` (and its peak, ``VmHWM``) from ``/proc/<pid>/status``; the event loop in use is read from
-``/proc/<pid>/maps`` (uvloop's extension module is mapped only when the process imported uvloop).
+compiled first (``compile_bytecode``), as an installed package has it. Memory is the process's ``VmRSS`` (and
+its peak, ``VmHWM``) from ``/proc/<pid>/status``, CPU time from ``/proc/<pid>/stat``; the event loop in use is
+read from ``/proc/<pid>/maps`` (uvloop's extension module is mapped only when the process imported uvloop).
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ class ServerProcess:
             if name in {"VmRSS", "VmHWM"}:
                 fields[name] = int(value.split()[0])
         return fields
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system, from /proc/<pid>/stat."""
+        self.check_alive()
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime in clock ticks
 
     def event_loop(self) -> str:
         """``uvloop`` when uvloop's extension module is mapped into the process, else ``asyncio``."""
