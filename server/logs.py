@@ -403,11 +403,12 @@ class _LineWriter:
 
 
 class _Chain(NamedTuple):
-    """The processors of one configuration that the direct path uses too, and the list structlog runs."""
+    """The processors of one configuration that the direct path uses too, and the one processor (all of them,
+    in turn) that structlog runs."""
 
     timestamper: _Timestamper
     renderer: Processor
-    processors: list[Processor]
+    run: Processor
 
 
 class _NamedLineLogger:
@@ -554,9 +555,9 @@ def configure_logging(
     root.setLevel(numeric_level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric_level, logging.INFO))
-    chain = _Chain(timestamper, renderer, [_never_failing([*shared, _add_logger_name, *render])])
+    chain = _Chain(timestamper, renderer, _never_failing([*shared, _add_logger_name, *render]))
     structlog.configure(
-        processors=chain.processors,
+        processors=[chain.run],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=lambda *args: _NamedLineLogger(writer, args[0] if args else "mixauth", chain),
         cache_logger_on_first_use=cache,
@@ -588,8 +589,12 @@ def line_logger_of(logger: Any) -> _NamedLineLogger | None:
     (the server's choice), a new one on every call otherwise, so a reconfiguration is always seen.
     """
     bound = logger.bind()
-    # structlog documents both attributes as readable by wrapper classes.
+    # structlog documents both attributes as readable by wrapper classes. capture_logs changes the processors'
+    # list in place (loggers already built hold it): its contents are what tells.
     wrapped = getattr(bound, "_logger", None)
-    if isinstance(wrapped, _NamedLineLogger) and getattr(bound, "_processors", None) is wrapped.chain.processors:
+    if not isinstance(wrapped, _NamedLineLogger):
+        return None
+    processors = getattr(bound, "_processors", None)
+    if isinstance(processors, list) and len(processors) == 1 and processors[0] is wrapped.chain.run:
         return wrapped
     return None
