@@ -43,6 +43,7 @@ from bench.bcrypt_ceiling import BcryptRun
 from bench.servers import (
     MixauthOptions,
     ServerProcess,
+    compile_bytecode,
     mixauth_settings,
     start_ceiling,
     start_mixauth,
@@ -159,6 +160,7 @@ class Run:
             },
             "machine": machine.describe(),
         }
+        compile_bytecode(self.plan.python)
         results["startup_s"] = self.measure_startup()
         results["bcrypt_ceiling"] = self.bcrypt_ceiling()
         bcrypt_duration = self.bcrypt_duration(results["bcrypt_ceiling"]["checks_per_s"])
@@ -308,14 +310,21 @@ class Run:
         for server in servers.values():  # warm-up, not recorded
             self.get_job(server, plan.connections[0], 1).run()
         runs: dict[str, dict[int, list[WrkResult]]] = {name: {} for name in servers}
+        # The server's CPU time per answered request: on a shared machine, steadier than requests per second.
+        cpu: dict[str, dict[int, list[float]]] = {name: {} for name in servers}
         for _ in range(plan.repeats):
             for connections in plan.connections:
                 for name, server in servers.items():
-                    server.check_alive()
+                    before = server.cpu_seconds()
                     result = self.get_job(server, connections, plan.duration_s).run()
+                    used = server.cpu_seconds() - before
                     runs[name].setdefault(connections, []).append(result)
+                    cpu[name].setdefault(connections, []).append(used * 1e6 / max(result.requests, 1))
         return {
-            name: {str(connections): _group(results) for connections, results in by_connections.items()}
+            name: {
+                str(connections): _group(results) | {"cpu_us_per_request": statistics.median(cpu[name][connections])}
+                for connections, results in by_connections.items()
+            }
             for name, by_connections in runs.items()
         }
 

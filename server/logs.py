@@ -35,14 +35,37 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from threading import get_ident
 from typing import Any, NamedTuple, TextIO
 
 import orjson
-import structlog
-from structlog.contextvars import _CONTEXT_VARS as _STRUCTLOG_VARS
-from structlog.contextvars import STRUCTLOG_KEY_PREFIX
-from structlog.tracebacks import ExceptionDictTransformer
-from structlog.typing import EventDict, ExcInfo, Processor
+
+
+def _import_structlog() -> None:
+    """Import structlog without the optional libraries of its console renderer, which mixauth never uses.
+
+    ``structlog.dev`` looks for rich, better-exceptions and colorama at import; with rich installed, its
+    traceback module (and pygments under it) took about 40 ms of the server's start-up. They are hidden
+    from that one import only (and only when nothing imported them already): later imports find them.
+    """
+    hidden = [name for name in ("rich", "better_exceptions", "colorama") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable" mark
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
+_import_structlog()
+
+import structlog  # noqa: E402
+from structlog.contextvars import _CONTEXT_VARS as _STRUCTLOG_VARS  # noqa: E402
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX  # noqa: E402
+from structlog.tracebacks import ExceptionDictTransformer  # noqa: E402
+from structlog.typing import EventDict, ExcInfo, Processor  # noqa: E402
 
 SENSITIVE_KEYS = frozenset(
     {"password", "password_hash", "hash", "token", "access_token", "authorization", "secret", "jwt_secret"}
@@ -329,17 +352,27 @@ class _LineWriter:
         self.buffered = buffered
         self._lock = threading.Lock()
         self._pending: list[str] = []
-        # The loop a flush is scheduled on, if any: one per turn.
+        # The loop a flush is scheduled on, if any (one per turn), and the thread that was running it.
         self._flush_on: asyncio.AbstractEventLoop | None = None
+        self._flush_thread = 0
 
     def write(self, line: str) -> None:
+        if self.buffered:
+            with self._lock:
+                # After a turn's first line, the others need not look up the running loop: asyncio's lookup
+                # costs a getpid() system call on every line (Python 3.11). The thread that scheduled the
+                # flush, while its loop runs, is on that loop; once the loop stops, the lookup decides again.
+                flush_on = self._flush_on
+                if flush_on is not None and self._flush_thread == get_ident() and flush_on.is_running():
+                    self._pending.append(line)
+                    return
         loop = _running_loop() if self.buffered else None
         with self._lock:
             self._pending.append(line)
             if loop is None:
                 self._write_pending()
             elif self._flush_on is not loop:
-                self._flush_on = loop
+                self._flush_on, self._flush_thread = loop, get_ident()
                 loop.call_soon(self.flush)
 
     def flush(self) -> None:
@@ -369,15 +402,47 @@ class _LineWriter:
             pass
 
 
-class _NamedLineLogger:
-    """structlog's wrapped logger: writes each rendered line, carrying the name a module asked for."""
+class _Chain(NamedTuple):
+    """The processors of one configuration that the direct path uses too, and the one processor (all of them,
+    in turn) that structlog runs."""
 
-    def __init__(self, writer: _LineWriter, name: str) -> None:
+    timestamper: _Timestamper
+    renderer: Processor
+    run: Processor
+
+
+class _NamedLineLogger:
+    """structlog's wrapped logger: writes each rendered line, carrying the name a module asked for.
+
+    ``emit`` is the direct path for a line logged once per request (the access line): the same fields in the
+    same order, the same renderer and the same writer as structlog's chain, without the chain's per-call
+    work (a bound logger's context copy, the level method, one call per processor).
+    """
+
+    def __init__(self, writer: _LineWriter, name: str, chain: _Chain) -> None:
         self._writer = writer
         self.name = name
+        self.chain = chain
 
     def msg(self, message: str) -> None:
         self._writer.write(message)
+
+    def emit(self, level: str, event: str, fields: EventDict) -> None:
+        """Write ``fields`` as one line with ``event``, the request context, ``level``, ``timestamp`` and
+        ``logger``, exactly as ``structlog.get_logger(name).<level>(event, **fields)`` writes it; never raises.
+
+        The caller checks the level first, and passes no ``exc_info``: such a line takes structlog's path.
+        """
+        try:
+            fields["event"] = event
+            _merge_request_context(None, level, fields)
+            fields["level"] = level
+            self.chain.timestamper(None, level, fields)
+            fields["logger"] = self.name
+            line = self.chain.renderer(self, level, fields)
+        except Exception as exc:
+            line = unrenderable_line(self.name, level, exc)
+        self._writer.write(line if isinstance(line, str) else str(line))
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -473,11 +538,10 @@ def configure_logging(
     writer = _LineWriter(stream or sys.stdout, buffered=stream is None if buffered is None else buffered)
     if writer.buffered:
         atexit.register(writer.flush)  # lines of a loop that stopped before its next turn
-    shared: list[Processor] = [_merge_request_context, structlog.processors.add_log_level, _Timestamper()]
-    render: list[Processor] = [
-        structlog.processors.ExceptionRenderer(_TracebackTransformer()),
-        structlog.processors.JSONRenderer(serializer=render_line),
-    ]
+    timestamper = _Timestamper()
+    renderer = structlog.processors.JSONRenderer(serializer=render_line)
+    shared: list[Processor] = [_merge_request_context, structlog.processors.add_log_level, timestamper]
+    render: list[Processor] = [structlog.processors.ExceptionRenderer(_TracebackTransformer()), renderer]
     handler = _JsonLinesHandler(writer)
     handler.addFilter(_ProtocolErrorSummary(numeric_level))
     handler.setFormatter(
@@ -491,10 +555,11 @@ def configure_logging(
     root.setLevel(numeric_level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric_level, logging.INFO))
+    chain = _Chain(timestamper, renderer, _never_failing([*shared, _add_logger_name, *render]))
     structlog.configure(
-        processors=[_never_failing([*shared, _add_logger_name, *render])],
+        processors=[chain.run],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=lambda *args: _NamedLineLogger(writer, args[0] if args else "mixauth"),
+        logger_factory=lambda *args: _NamedLineLogger(writer, args[0] if args else "mixauth", chain),
         cache_logger_on_first_use=cache,
     )
 
@@ -506,4 +571,30 @@ def bind_request(**fields: Any) -> None:
     so nothing bound for one request reaches the next one on the same keep-alive connection, and there is
     nothing to clear first (clearing copies the whole context, on every request).
     """
-    structlog.contextvars.bind_contextvars(**fields)
+    for name, value in fields.items():
+        # structlog's own variable for the field, set directly once it exists: half the cost of
+        # bind_contextvars, which also builds the tokens to reset them, and nothing here resets.
+        variable = _STRUCTLOG_VARS.get(STRUCTLOG_KEY_PREFIX + name)
+        if variable is None:
+            structlog.contextvars.bind_contextvars(**{name: value})
+        else:
+            variable.set(value)
+
+
+def line_logger_of(logger: Any) -> _NamedLineLogger | None:
+    """The line logger under a structlog logger, for its direct path (``emit``); None unless that logger runs
+    the processors ``configure_logging`` set (not under structlog's defaults or a test's ``capture_logs``).
+
+    ``bind()`` returns the logger built for the current configuration: the same one every time once cached
+    (the server's choice), a new one on every call otherwise, so a reconfiguration is always seen.
+    """
+    bound = logger.bind()
+    # structlog documents both attributes as readable by wrapper classes. capture_logs changes the processors'
+    # list in place (loggers already built hold it): its contents are what tells.
+    wrapped = getattr(bound, "_logger", None)
+    if not isinstance(wrapped, _NamedLineLogger):
+        return None
+    processors = getattr(bound, "_processors", None)
+    if isinstance(processors, list) and len(processors) == 1 and processors[0] is wrapped.chain.run:
+        return wrapped
+    return None

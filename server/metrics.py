@@ -18,6 +18,9 @@ turned into metric families only when scraped: a prometheus-client ``Counter`` o
 lock and a label lookup on every observation, about as much as the rest of counting a request. The
 families are the ones those classes would expose, series for series: names, types, labels, buckets and
 each series' ``_created`` time.
+
+prometheus-client itself is imported at the first scrape, not at start-up (it costs about 15 ms to import,
+before the first request could be answered): until then, metrics are these numbers and the gauges' readers.
 """
 
 from __future__ import annotations
@@ -26,27 +29,30 @@ import platform
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
-import prometheus_client.metrics
-from prometheus_client import CollectorRegistry, Info, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 from server import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.registry import Collector, CollectorRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From a cached token check (about 0.1 ms) to a bcrypt check at a high cost (over a second).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class _Readings(Collector):
-    """Gauges whose values are read from live objects at scrape time."""
+class _Readings:
+    """Gauges whose values are read from live objects at scrape time (a prometheus-client collector)."""
 
     def __init__(self) -> None:
         self.readings: list[tuple[str, str, Callable[[], float]]] = []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         for name, documentation, read in self.readings:
             yield GaugeMetricFamily(name, documentation, value=read())
 
@@ -72,14 +78,18 @@ class _Series:
         self.created = time.time()
 
 
-class _Counts(Collector):
-    """The request and auth-event counters, as prometheus-client's Counter and Histogram would expose them."""
+class _Counts:
+    """The request and auth-event counters, as prometheus-client's Counter and Histogram would expose them (a
+    prometheus-client collector)."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], _Series] = {}
         self.events: dict[tuple[str, str], list[float]] = {}  # [count, created]
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        import prometheus_client.metrics
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         # As prometheus-client's own metrics: no _created series once disable_created_metrics() was called.
         created = getattr(prometheus_client.metrics, "_use_created", True)
         requests = CounterMetricFamily(*_REQUESTS, labels=REQUEST_LABELS)
@@ -106,14 +116,26 @@ class _Counts(Collector):
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
         self._counts = _Counts()
-        self.registry.register(self._counts)
-        Info("mixauth_build", "The running build.", registry=self.registry).info(
-            {"version": __version__, "python": platform.python_version(), "aiohttp": aiohttp.__version__}
-        )
         self._readings = _Readings()
-        self.registry.register(self._readings)
+        self._registry: CollectorRegistry | None = None  # built at the first scrape
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """prometheus-client's registry of these metrics (imported and built on first use)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, Info
+
+            registry = CollectorRegistry()
+            # Plain objects with collect(), which is all a registry calls: a Collector subclass would need
+            # prometheus-client imported with this module.
+            registry.register(cast("Collector", self._counts))
+            Info("mixauth_build", "The running build.", registry=registry).info(
+                {"version": __version__, "python": platform.python_version(), "aiohttp": aiohttp.__version__}
+            )
+            registry.register(cast("Collector", self._readings))
+            self._registry = registry
+        return self._registry
 
     def auth_event(self, event: str, outcome: str) -> None:
         counted = self._counts.events.get((event, outcome))
@@ -135,4 +157,6 @@ class Metrics:
         self._readings.readings.append((name, documentation, read))
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)

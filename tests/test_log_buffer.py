@@ -149,6 +149,28 @@ def test_outside_a_running_loop_every_line_is_written_at_once() -> None:
     assert events(stream) == ["admin.command", "stdlib"]
 
 
+def test_a_line_logged_after_its_loop_stopped_goes_out_at_once_with_the_stopped_turns_lines() -> None:
+    """The last turn of a loop schedules a flush that never runs: the next line, off the loop, writes both."""
+    stream = io.StringIO()
+    configure_logging("info", stream=stream, buffered=True)
+    log = structlog.get_logger("mixauth.test")
+    loop = asyncio.new_event_loop()
+
+    def last_turn() -> None:
+        loop.stop()
+        log.info("last.turn")
+        log.info("last.turn.again")  # a flush is scheduled on this loop, in this thread, already
+
+    try:
+        loop.call_soon(last_turn)
+        loop.run_forever()
+        assert events(stream) == []  # held for a flush the stopped loop will not run
+        log.info("after.the.loop")
+        assert events(stream) == ["last.turn", "last.turn.again", "after.the.loop"]
+    finally:
+        loop.close()
+
+
 def test_a_stream_given_for_a_test_is_not_buffered_unless_asked() -> None:
     configure_logging("info", stream=io.StringIO())
     assert not structlog.get_logger("x").bind()._logger._writer.buffered

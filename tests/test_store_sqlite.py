@@ -296,6 +296,7 @@ async def test_skeletons_are_recomputed_when_the_confusables_data_changes(
         second = await store.add(new_user("bob", "bob@example.com"))
     # Data under which every name looks alike: the earlier user keeps the skeleton, the later gets none.
     monkeypatch.setattr(sqlite, "skeleton_data_version", lambda: "every name alike")
+    monkeypatch.setattr(sqlite, "skeleton_data_fingerprint", lambda: "another ICU module")
     monkeypatch.setattr(sqlite, "username_skeleton", lambda username: "x")
     async with sqlite.open_store(tmp_path) as store:
         pass

@@ -44,8 +44,8 @@ _PASSED_ON_HEADERS = ("Allow",)
 
 def request_id_of(request: BaseRequest) -> str:
     """The caller's X-Request-Id when it is a plain token, else a new one."""
-    incoming = request.headers.get("X-Request-Id", "")
-    if _REQUEST_ID.fullmatch(incoming):
+    incoming = request.headers.get("X-Request-Id")
+    if incoming is not None and _REQUEST_ID.fullmatch(incoming):
         return incoming
     # 128 random bits, like a UUID4, from the interpreter's generator: a request id correlates log lines
     # and is no secret, and os.urandom's system call cost 8 % of a cached GET /user.

@@ -1,0 +1,99 @@
+"""The logging's direct path (``emit``), which writes the access line: the same line structlog's chain writes.
+
+Same fields in the same order, the request context merged the same way, the same redaction, the same
+writer; and it is only taken where ``configure_logging``'s chain would run (not under ``capture_logs``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import json
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from server.logs import bind_request, configure_logging, line_logger_of
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+FIELDS = {"method": "GET", "route": "/user", "status": 200, "duration_ms": 0.25, "bytes": 138}
+
+
+def both_lines(request_id: str, **extra: Any) -> tuple[str, str]:
+    """One line through structlog's chain and one through the direct path, with the same context."""
+    stream = io.StringIO()
+    configure_logging("debug", stream=stream)
+    log = structlog.get_logger("mixauth.access")
+
+    def log_both() -> None:
+        bind_request(request_id=request_id, client_ip="127.0.0.1", **extra)
+        log.info("http.request", **FIELDS)
+        direct = line_logger_of(log)
+        assert direct is not None
+        direct.emit("info", "http.request", dict(FIELDS))
+
+    contextvars.copy_context().run(log_both)  # a context of its own: nothing bound leaks into other tests
+    chain, direct = stream.getvalue().splitlines()
+    return chain, direct
+
+
+def without_timestamp(line: str) -> list[tuple[str, Any]]:
+    return [(key, value) for key, value in json.loads(line).items() if key != "timestamp"]
+
+
+def test_the_direct_line_is_the_chains_line_key_for_key_in_order() -> None:
+    chain, direct = both_lines("de0fc050de4f4e2efa9c9947dc54a8d2", user_id="6b0a7249ecdc3bd70541b10a")
+    assert without_timestamp(direct) == without_timestamp(chain)
+    assert [key for key, _ in without_timestamp(direct)] == [
+        *FIELDS,
+        "event",
+        "request_id",
+        "client_ip",
+        "user_id",
+        "level",
+        "logger",
+    ]
+    assert list(json.loads(direct))[-2:] == ["timestamp", "logger"]
+
+
+def test_the_direct_line_is_redacted_as_every_line_is() -> None:
+    token_like = "eyJhbGciOiJIUzI1NiJ9.eyJpZCI6IjEifQ.c2lnbmF0dXJl"  # a request id a client may send
+    chain, direct = both_lines(token_like, api_token="s3cr3t-value")
+    assert token_like not in direct
+    assert "s3cr3t-value" not in direct
+    assert without_timestamp(direct) == without_timestamp(chain)
+
+
+def test_no_direct_path_where_the_chain_is_not_configure_loggings() -> None:
+    configure_logging("info", stream=io.StringIO())
+    log = structlog.get_logger("mixauth.access")
+    assert line_logger_of(log) is not None
+    with capture_logs() as captured:
+        assert line_logger_of(log) is None  # capture_logs replaces the processors: the chain must run
+        log.info("http.request", **FIELDS)
+    assert [entry["event"] for entry in captured] == ["http.request"]
+    structlog.reset_defaults()
+    assert line_logger_of(structlog.get_logger("mixauth.access")) is None
+
+
+def test_values_json_cannot_carry_are_made_safe_as_on_the_chain() -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    direct = line_logger_of(structlog.get_logger("mixauth.access"))
+    assert direct is not None
+
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    direct.emit("info", "http.request", {"route": {1j: Broken()}, "bytes": 2**70})
+    (line,) = stream.getvalue().splitlines()
+    written = json.loads(line)
+    assert (written["event"], written["route"], written["bytes"]) == (
+        "http.request",
+        {"1j": "<unprintable Broken>"},
+        str(2**70),
+    )
