@@ -9,6 +9,7 @@ redis-server process, or a TCP proxy in front of PostgreSQL that can drop every 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import subprocess
 import sys
@@ -135,11 +136,15 @@ async def seen_within(check: Callable[[], Awaitable[bool]], limit: float = STALE
 
 
 async def test_instances_starting_together_on_an_empty_database_all_serve(cluster: Cluster) -> None:
-    instances = await cluster.start(3)
+    instances = await cluster.start(3, LOG_LEVEL="info")
     for server in instances:
         status, body, _ = await cluster.call(server, "GET", "/health/ready")
         assert (status, body) == (200, {"status": "ok", "database": "ok", "rate_limiter": "redis"})
     assert "up to date" in cluster.admin_command("migrate")
+    code, lines, _ = instances[0].stop()
+    assert code == 0
+    starting = next(line for line in lines if line["event"] == "server.starting")
+    assert (starting["users"], starting["rate_limits"]) == ("postgresql", "redis")
 
 
 async def test_the_seed_calls_work_through_any_instance(cluster: Cluster) -> None:
@@ -297,7 +302,8 @@ async def test_redis_stopped_and_started_again_under_load(cluster: Cluster, priv
 
     await private_redis.stop()
     for server in (a, b):
-        await seen_within(functools.partial(_state_is, cluster, server, "local"), limit=5)
+        took = await seen_within(functools.partial(_state_is, cluster, server, "local"), limit=5)
+        print(f"redis stopped: instance on port {server.port} counting locally after {took:.3f} s")
     # Limits still apply, counted in each instance's memory.
     answers = [(await sign_up(cluster, a, f"frank{k}", "frank@example.com"))[0] for k in range(11)]
     assert answers[0] == 200, answers
@@ -305,8 +311,10 @@ async def test_redis_stopped_and_started_again_under_load(cluster: Cluster, priv
 
     await private_redis.start()  # the same port, empty
     for server in (a, b):
-        await seen_within(functools.partial(_state_is, cluster, server, "redis"), limit=5)
+        took = await seen_within(functools.partial(_state_is, cluster, server, "redis"), limit=5)
+        print(f"redis back: instance on port {server.port} on redis again after {took:.3f} s")
     statuses = await load.stop()
+    print(f"under load: {len(statuses)} answers, statuses {dict(sorted(collections.Counter(statuses).items()))}")
     assert statuses, "the load ran"
     assert all(status < 500 for status in statuses), sorted(set(statuses))
     # Back on Redis, the buckets are Redis's again: the shared count starts afresh there.
@@ -406,11 +414,13 @@ async def test_postgres_unreachable_then_back_readiness_follows_and_no_acknowled
 
     await sign_ups("before", 5)
     await proxy.cut()
-    await seen_within(lambda: _ready_status_is(cluster, a, 503), limit=5)
+    took = await seen_within(lambda: _ready_status_is(cluster, a, 503), limit=5)
+    print(f"postgres cut off: /health/ready 503 after {took:.3f} s")
     await sign_ups("during", 5)
     assert all(status == 503 for status in statuses[5:]), answers
     await proxy.restore()
-    await seen_within(lambda: _ready_status_is(cluster, a, 200), limit=10)
+    took = await seen_within(lambda: _ready_status_is(cluster, a, 200), limit=10)
+    print(f"postgres back: /health/ready 200 after {took:.3f} s; signups answered {statuses[:10]}")
     await sign_ups("after", 5)
     assert len(acknowledged) == 10
     connection = await asyncpg.connect(postgres_url)

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from server import __version__
+from server import __version__, backends
 from server.config import Settings
 from server.web.access import AccessLog
 
@@ -290,6 +290,7 @@ def run(app: web.Application, settings: Settings, loop: asyncio.AbstractEventLoo
         open_files_limit_was=files.was,
         max_connections=max_connections,
         keepalive_timeout=settings.keepalive_timeout,
+        **backends.describe(settings),
     )
     if settings.max_connections is not None and max_connections < settings.max_connections:
         log.warning(
