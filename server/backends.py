@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from server.config import Settings, secret_key
 from server.domain import RateLimiter, UserStore
 from server.limits.memory import MemoryRateLimiter
+from server.storage import sqlite
 from server.storage.cached import CachedUserStore
 from server.storage.secret import load_or_create_secret
+from server.storage.sqlite import SqliteUserStore
 
 Clock = Callable[[], float]
 # A readiness check: returns when the backend answers, raises when it does not.
 Probe = Callable[[], Awaitable[object]]
-# A number for the metrics: name, help, how to read it.
-Gauge = tuple[str, str, Callable[[], float]]
+# A number for the metrics: name, help, how to read it, and whether it is a count since start (a counter).
+Reading = tuple[str, str, Callable[[], float], bool]
 
 
 class StoreMissing(Exception):
@@ -51,7 +53,7 @@ class Backends:
     probes: dict[str, Probe] = field(default_factory=dict)
     # What /health/ready reports of each backend that is not a probe: {"rate_limiter": "redis"}.
     states: dict[str, Callable[[], str]] = field(default_factory=dict)
-    gauges: list[Gauge] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
 
 
 def describe(settings: Settings) -> dict[str, str]:
@@ -67,8 +69,6 @@ async def open_user_store(settings: Settings, *, create: bool = True) -> AsyncIt
     """The user store, migrated to this version's schema. Without ``create`` (admin commands that read or
     change existing users), a missing SQLite database is StoreMissing rather than a new empty one."""
     if settings.database_url is None:
-        from server.storage import sqlite
-
         if not create:
             path = settings.data_dir / sqlite.DATABASE_FILE
             if not path.is_file():
@@ -90,8 +90,6 @@ async def open_user_store(settings: Settings, *, create: bool = True) -> AsyncIt
 async def migrate(settings: Settings) -> tuple[int, int]:
     """Bring the configured database's schema to this version's: (version before, version after)."""
     if settings.database_url is None:
-        from server.storage import sqlite
-
         before = await asyncio.to_thread(sqlite.stored_schema_version, settings.data_dir)
         async with sqlite.open_store(settings.data_dir):
             pass
@@ -113,18 +111,16 @@ async def open_backends(settings: Settings, *, clock: Clock) -> AsyncIterator[Ba
     memory = MemoryRateLimiter(clock, max_buckets=settings.rate_limit_max_buckets)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_user_store(settings))
+        if isinstance(store, SqliteUserStore):
+            # Other processes' writes (the admin command line) are noticed by the database's data_version,
+            # read at most once a second; on PostgreSQL, the change listener makes the cache forget them.
+            cache = CachedUserStore(store, store.data_version, clock=clock)
+        else:
+            cache = CachedUserStore(store, clock=clock)
         backends = Backends(
-            store=CachedUserStore(store, clock=clock),
-            limiter=memory,
-            memory_limiter=memory,
-            secret=secret,
-            previous_secrets=previous,
+            store=cache, limiter=memory, memory_limiter=memory, secret=secret, previous_secrets=previous
         )
-        if settings.database_url is None:
-            from server.storage.sqlite import SqliteUserStore
-
-            assert isinstance(store, SqliteUserStore)
-            backends.store = CachedUserStore(store, store.data_version, clock=clock)
+        if isinstance(store, SqliteUserStore):
             backends.probes["database"] = store.data_version
         else:
             await _follow_postgres(stack, settings, store, backends)
@@ -148,28 +144,42 @@ async def _follow_postgres(stack: AsyncExitStack, settings: Settings, store: Use
     )
     backends.probes["database"] = store.ping
     stats = store.pool_stats
-    backends.gauges += [
-        ("mixauth_database_pool_connections", "PostgreSQL connections open in the pool.", lambda: stats()["size"]),
-        ("mixauth_database_pool_idle_connections", "PostgreSQL connections idle in the pool.", lambda: stats()["idle"]),
+    backends.readings += [
+        (
+            "mixauth_database_pool_connections",
+            "PostgreSQL connections open in the pool.",
+            lambda: stats()["size"],
+            False,
+        ),
+        (
+            "mixauth_database_pool_idle_connections",
+            "PostgreSQL connections idle in the pool.",
+            lambda: stats()["idle"],
+            False,
+        ),
         (
             "mixauth_database_pool_max_connections",
             "The most PostgreSQL connections the pool opens.",
             lambda: stats()["max"],
+            False,
         ),
         (
             "mixauth_user_changes_listener_connected",
-            "1 while the PostgreSQL change listener is connected (the user cache is kept fresh by it).",
+            "1 while the PostgreSQL change listener is connected (it keeps the user cache fresh).",
             lambda: float(listener.connected),
+            False,
         ),
         (
             "mixauth_user_changes_listener_reconnects",
             "Times the change listener connected again after losing its connection.",
             lambda: listener.reconnects,
+            True,
         ),
         (
             "mixauth_user_changes_notifications",
-            "Change notifications received from PostgreSQL.",
+            "Change notifications heard from PostgreSQL.",
             lambda: listener.notifications,
+            True,
         ),
     ]
 
@@ -189,15 +199,17 @@ async def _use_redis(stack: AsyncExitStack, settings: Settings, backends: Backen
     )
     backends.limiter = limiter
     backends.states["rate_limiter"] = lambda: limiter.state
-    backends.gauges += [
+    backends.readings += [
         (
             "mixauth_rate_limiter_redis_up",
             "1 while rate limits are counted in Redis, 0 while Redis is down (RATE_LIMIT_REDIS_FAILURE applies).",
             lambda: float(limiter.state == "redis"),
+            False,
         ),
         (
             "mixauth_rate_limiter_redis_failovers",
-            "Times the rate limiter lost Redis and fell back since start.",
+            "Times the rate limiter lost Redis and fell back.",
             lambda: limiter.failovers,
+            True,
         ),
     ]

@@ -45,16 +45,18 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class _Readings:
-    """Gauges whose values are read from live objects at scrape time (a prometheus-client collector)."""
+    """Gauges and counters whose values are read from live objects at scrape time (a prometheus-client
+    collector): a counter is a number that only grows, such as reconnections since start."""
 
     def __init__(self) -> None:
-        self.readings: list[tuple[str, str, Callable[[], float]]] = []
+        self.readings: list[tuple[str, str, Callable[[], float], bool]] = []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from prometheus_client.core import GaugeMetricFamily
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        for name, documentation, read in self.readings:
-            yield GaugeMetricFamily(name, documentation, value=read())
+        for name, documentation, read, counts in self.readings:
+            family = CounterMetricFamily if counts else GaugeMetricFamily
+            yield family(name, documentation, value=read())
 
 
 REQUEST_LABELS = ("route", "method", "status")
@@ -154,7 +156,11 @@ class Metrics:
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as the gauge ``name`` at every scrape."""
-        self._readings.readings.append((name, documentation, read))
+        self._readings.readings.append((name, documentation, read, False))
+
+    def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Report ``read()``, a count since start, as the counter ``name`` (exposed as ``name_total``)."""
+        self._readings.readings.append((name, documentation, read, True))
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -456,3 +456,21 @@ def test_counts_kept_on_the_loop_scrape_as_prometheus_clients_own_counter_and_hi
         for s in f.samples
         if "_created" in s.name
     )
+
+
+def test_readings_are_gauges_or_counters_as_registered() -> None:
+    """What the backends report (a pool's size, reconnections since start) is read at each scrape."""
+    from server.metrics import Metrics
+
+    metrics = Metrics()
+    state = {"size": 3, "reconnects": 0}
+    metrics.gauge("mixauth_test_pool_connections", "Connections.", lambda: state["size"])
+    metrics.counter("mixauth_test_reconnects", "Reconnections.", lambda: state["reconnects"])
+    state.update(size=5, reconnects=2)
+    families = {family.name: family for family in text_string_to_metric_families(metrics.render().decode())}
+    assert families["mixauth_test_pool_connections"].type == "gauge"
+    assert [sample.value for sample in families["mixauth_test_pool_connections"].samples] == [5.0]
+    assert families["mixauth_test_reconnects"].type == "counter"
+    assert [(s.name, s.value) for s in families["mixauth_test_reconnects"].samples] == [
+        ("mixauth_test_reconnects_total", 2.0)
+    ]

@@ -141,6 +141,16 @@ async def test_instances_starting_together_on_an_empty_database_all_serve(cluste
         status, body, _ = await cluster.call(server, "GET", "/health/ready")
         assert (status, body) == (200, {"status": "ok", "database": "ok", "rate_limiter": "redis"})
     assert "up to date" in cluster.admin_command("migrate")
+    async with cluster.session.get(instances[1].metrics_url + "/metrics") as response:
+        scraped = await response.text()
+    for line in (
+        "mixauth_database_pool_max_connections 10.0",
+        "mixauth_user_changes_listener_connected 1.0",
+        "mixauth_user_changes_listener_reconnects_total 0.0",
+        "mixauth_rate_limiter_redis_up 1.0",
+        "mixauth_rate_limiter_redis_failovers_total 0.0",
+    ):
+        assert line in scraped.splitlines(), line
     code, lines, _ = instances[0].stop()
     assert code == 0
     starting = next(line for line in lines if line["event"] == "server.starting")

@@ -157,8 +157,8 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
                 )
                 if metrics is not None:
                     _watch(metrics, backends.memory_limiter, hasher, tokens, store)
-                    for name, documentation, read in backends.gauges:
-                        metrics.gauge(name, documentation, read)
+                    for name, documentation, read, counts in backends.readings:
+                        (metrics.counter if counts else metrics.gauge)(name, documentation, read)
                 yield
         finally:
             await asyncio.to_thread(hasher.close)
