@@ -607,6 +607,16 @@ def test_check_config_shows_every_setting_and_where_it_came_from(
     assert rows["jwt_secret"] == ["default", "(generated in data_dir)"]
 
 
+def test_migrate_brings_the_schema_up_to_date_then_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.storage.sqlite import SCHEMA_VERSION
+
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "migrate"], environ={}) == 0
+    assert capsys.readouterr().out == f"schema version 0 -> {SCHEMA_VERSION} (SQLite in {data})\n"
+    assert main(["--data-dir", str(data), "migrate"], environ={}) == 0
+    assert capsys.readouterr().out == f"schema version {SCHEMA_VERSION} (SQLite in {data}): up to date\n"
+
+
 def test_check_config_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no ./config.toml
     shown = check_config(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
 import subprocess
 import sys
 import time
@@ -507,3 +508,21 @@ async def test_moving_from_one_container_to_many_keeps_every_password_and_token(
     assert user["username"] == "kim"
     login = {"username": "kim", "password": PASSWORD}
     assert (await cluster.call(a, "POST", "/user/auth", json=login))[0] == 200
+
+
+async def test_the_admin_command_line_works_on_postgresql(cluster: Cluster) -> None:
+    from server.storage.postgres import MIGRATIONS
+
+    assert cluster.admin_command("migrate") == f"schema version 0 -> {len(MIGRATIONS)} (PostgreSQL)\n"
+    assert cluster.admin_command("migrate") == f"schema version {len(MIGRATIONS)} (PostgreSQL): up to date\n"
+    user_id = cluster.admin_command(
+        "create-user", "--username", "lena", "--email", "lena@example.com", "--password-stdin",
+        password=PASSWORD + "\n",
+    ).strip()  # fmt: skip
+    listed = json.loads(cluster.admin_command("list-users", "--json"))
+    assert [(user["id"], user["username"]) for user in listed] == [(user_id, "lena")]
+    cluster.admin_command("set-scope", "lena@example.com", "--scope", "user,editor")
+    exported = [json.loads(line) for line in cluster.admin_command("export-users").splitlines()]
+    assert [(user["id"], user["scope"]) for user in exported] == [(user_id, ["user", "editor"])]
+    assert cluster.admin_command("delete-user", user_id).startswith(f"deleted {user_id}")
+    assert json.loads(cluster.admin_command("list-users", "--json")) == []
