@@ -12,7 +12,11 @@ Modules, one job each:
 - ``bench.bcrypt_ceiling``: bcrypt checks per second on this machine, in-process, on N threads.
 - ``bench.machine``: what the machine and the software are (CPU, cores, versions, load).
 - ``bench.report``: the results JSON, the Markdown table and the PNG chart.
+- ``bench.backends``: ``--backend``'s PostgreSQL and Redis configurations, their checks, and the run's own
+  databases and Redis keys, removed at the end.
 - ``bench.limiter_memory``: the separate limiter-memory benchmark.
+- ``bench.limiter_redis``: one rate-limiter hit's cost in memory and on Redis (also run by ``--backend redis``).
 
-Nothing here runs in CI except a one-second smoke run (``tests/test_bench_smoke.py``).
+Nothing here runs in CI except one-second smoke runs (``tests/test_bench_smoke.py``,
+``tests/test_bench_backends.py``).
 """

@@ -1,8 +1,10 @@
-"""``python -m bench``: the command line. It checks for wrk, turns the flags into a ``Plan``, runs it and
-writes the results; the run itself is ``bench.suite``'s.
+"""``python -m bench``: the command line. It turns the flags into a ``Plan``, checks that the ``--backend``
+servers answer and that wrk is there, runs the plan and writes the results; the run itself is
+``bench.suite``'s.
 
-Exit codes: 0 done, 2 wrk missing or a bad flag, 1 the benchmark failed (a server did not start or died),
-130 interrupted (Ctrl-C). The servers and wrk are stopped whatever happens.
+Exit codes: 0 done, 2 a bad flag, a ``--backend`` server not answering or wrk missing, 1 the benchmark
+failed (a server did not start or died), 130 interrupted (Ctrl-C). The servers and wrk are stopped whatever
+happens, and the run's databases and Redis keys removed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import report, suite
+from bench import backends, report, suite
+from bench.backends import BackendError
 from bench.client import ClientError
 from bench.servers import LOOPS, ServerError
 from bench.wrk import INSTALL_HINT, WrkError, wrk_path
@@ -39,6 +42,13 @@ def loop_names(text: str) -> tuple[str, ...]:
     if not loops or any(loop not in LOOPS for loop in loops):
         raise argparse.ArgumentTypeError(f"expected {' or '.join(LOOPS)}, separated by commas, got {text!r}")
     return tuple(dict.fromkeys(loops))
+
+
+def backend_list(text: str) -> tuple[str, ...]:
+    try:
+        return backends.backend_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def has_peer(python: str) -> bool:
@@ -75,6 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-python",
         metavar="PATH",
         help="interpreter with the bench-peer extra that runs the peer (implies --peer; default: --python)",
+    )
+    parser.add_argument(
+        "--backend",
+        type=backend_list,
+        default=(),
+        metavar="NAMES",
+        help="also measure mixauth on shared backends beside SQLite, comma-separated: postgres (DATABASE_URL: "
+        "users in PostgreSQL), redis (REDIS_URL: rate limits in Redis); with both, both together too. GET /user "
+        "against SQLite in the same sweep, sign-in and signup against the bcrypt ceiling; with redis, the cost "
+        "of one rate-limiter hit in memory and on Redis. About 2 minutes per configuration (under one with "
+        "--quick)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=backends.default_database_url(),
+        metavar="URL",
+        help="the PostgreSQL server for --backend postgres; the bench creates its own databases there and "
+        "drops them at the end (default: MIXAUTH_TEST_DATABASE_URL or postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=backends.default_redis_url(),
+        metavar="URL",
+        help="the Redis for --backend redis; the bench's keys go under a prefix of its own and are deleted at "
+        "the end (default: MIXAUTH_TEST_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--limiter-hits",
+        type=int,
+        metavar="N",
+        help="sequential rate-limiter hits per case and round, with --backend redis (default 5000; quick 2000)",
     )
     parser.add_argument("--connections", type=connection_counts, metavar="N,N", help="default 8,32,128")
     parser.add_argument("--repeats", type=int, metavar="N", help="runs per point, medians reported (default 3)")
@@ -114,9 +155,12 @@ def make_plan(args: argparse.Namespace) -> suite.Plan:
     duration: int = args.duration or (2 if args.quick else 4)
     repeats: int = args.repeats or (1 if args.quick else 3)
     workers: int = args.hash_workers or default_workers()
+    limiter_hits: int = args.limiter_hits or (2000 if args.quick else 5000)
     for name, value in (("--duration", duration), ("--repeats", repeats), ("--hash-workers", workers)):
         if value < 1:
             raise ValueError(f"{name} must be 1 or more")
+    if limiter_hits < 100:
+        raise ValueError("--limiter-hits must be 100 or more")
     return suite.Plan(
         connections=connections,
         repeats=repeats,
@@ -131,19 +175,28 @@ def make_plan(args: argparse.Namespace) -> suite.Plan:
         bcrypt_seconds=float(min(duration, 3)),
         loops=args.loops or (("uvloop",) if args.quick else LOOPS),
         peer_python=args.peer_python or (args.python if args.peer else None),
+        backends=args.backend,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        limiter_hits=limiter_hits,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if wrk_path() is None:
-        print(f"bench: {INSTALL_HINT}", file=sys.stderr)
-        return 2
     try:
         plan = make_plan(args)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        backends.check(plan.backends, plan.database_url, plan.redis_url)
+    except BackendError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    if wrk_path() is None:
+        print(f"bench: {INSTALL_HINT}", file=sys.stderr)
+        return 2
     if plan.peer_python is not None and not has_peer(plan.peer_python):
         print(
             f"bench: the peer needs fastapi-users, uvicorn, uvloop and httptools in {plan.peer_python}: "
@@ -153,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         results = suite.run(plan)
-    except (ServerError, WrkError, ClientError) as exc:
+    except (ServerError, WrkError, ClientError, BackendError) as exc:
         print(f"bench: failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -43,6 +43,14 @@ def _errors(results: dict[str, Any]) -> Iterator[str]:
     flood = results["get_user_under_signin_flood"]
     groups += [("GET /user during flood", flood["median"]), ("sign-in flood", flood["flood"]["median"])]
     groups += [("sign-in", results["sign_in"]["median"]), ("signup", results["sign_up"]["median"])]
+    for configuration, phase in results.get("backends", {}).items():
+        for server, by_connections in phase["get_user"].items():
+            groups += [
+                (f"backend {configuration}: GET /user {server} c={c}", group["median"])
+                for c, group in by_connections.items()
+            ]
+        groups += [(f"backend {configuration}: sign-in", phase["sign_in"]["median"])]
+        groups += [(f"backend {configuration}: signup", phase["sign_up"]["median"])]
     for label, median in groups:
         if median["non_2xx"] or median["socket_errors"]:
             yield f"{label}: {median['non_2xx']} non-2xx answers, {median['socket_errors']} socket errors"
@@ -105,6 +113,55 @@ def _peer_table(get_user: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
             f"| {number(peer['p99_ms'])} |"
         )
     return [*lines, ""]
+
+
+def backends_section(results: dict[str, Any]) -> list[str]:
+    """The "Backends" section: each configuration against SQLite and the bcrypt ceiling, and the limiter line."""
+    measured, versus = results.get("backends", {}), results["ratios"].get("backends", {})
+    if not measured:
+        return []
+    connections = list(next(iter(measured.values()))["get_user"]["sqlite"])
+    lines = [
+        "### Backends: mixauth with its defaults (uvloop) on PostgreSQL and Redis",
+        "",
+        "GET /user req/s on the backend, swept alternately with the same mixauth on SQLite (in brackets: the "
+        "fraction of the SQLite figure); sign-ins and signups per second on the backend, in brackets the fraction "
+        "of the bcrypt ceiling sampled just before each run (median of the runs' ratios).",
+        "",
+        "| configuration | " + " | ".join(f"GET /user c={c}" for c in connections) + " | sign-ins/s | signups/s |",
+        "|---|" + "---:|" * (len(connections) + 2),
+    ]
+    for configuration, phase in measured.items():
+        get_user, ratios = phase["get_user"][configuration], versus[configuration]
+        cells = [
+            f"{number(get_user[c]['median']['ok_per_s'])} ({ratio(ratios['get_user_vs_sqlite'][c])})"
+            for c in connections
+        ]
+        cells += [
+            f"{number(phase[name]['median']['ok_per_s'])} ({ratio(ratios[f'{name}_vs_bcrypt_ceiling'])})"
+            for name in ("sign_in", "sign_up")
+        ]
+        lines.append(f"| {configuration} ({phase['description']}) | {' | '.join(cells)} |")
+    sqlite = "; ".join(
+        f"beside {configuration}: "
+        + ", ".join(f"{number(phase['get_user']['sqlite'][c]['median']['ok_per_s'])}" for c in connections)
+        for configuration, phase in measured.items()
+    )
+    lines += ["", f"SQLite's GET /user req/s at c={', '.join(connections)}, {sqlite}.", ""]
+    limiter = results.get("limiter")
+    if limiter is not None:
+        cases = limiter["cases"]
+        lines += [
+            f"Rate-limiter hit ({limiter['buckets_per_hit']} buckets, new keys each hit; {limiter['runs']} rounds of "
+            f"{limiter['hits']:,} sequential hits per case), median / p99 µs: memory "
+            f"{number(cases['memory']['median_us'])} / {number(cases['memory']['p99_us'])}, Redis (one EVALSHA "
+            f"round trip) {number(cases['redis']['median_us'])} / {number(cases['redis']['p99_us'])}, Redis behind "
+            f"the failover wrapper as the server uses it {number(cases['failover']['median_us'])} / "
+            f"{number(cases['failover']['p99_us'])}; Redis with {limiter['concurrency']} concurrent tasks: "
+            f"{number(limiter['redis_hits_per_second'])} hits/s.",
+            "",
+        ]
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -180,6 +237,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{mib(memory['loaded']['VmRSS'])} ({mib(memory['loaded']['VmHWM'])}) | | "
         f"{ratio(ratios['rss_loaded_vs_idle'])} |",
         "",
+        *backends_section(results),
     ]
     for loop, described in servers.items():
         if described["mixauth"]["loop"] != loop or described["ceiling"]["loop"] != loop:

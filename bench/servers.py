@@ -68,7 +68,8 @@ def free_port() -> int:
 
 @dataclass(frozen=True, slots=True)
 class MixauthOptions:
-    """What the benchmark sets on mixauth; ``bcrypt_rounds=None`` keeps the server's default cost."""
+    """What the benchmark sets on mixauth; ``bcrypt_rounds=None`` keeps the server's default cost; ``env``
+    adds settings (name, value) after the benchmark's own, for instance ``DATABASE_URL`` for a backend."""
 
     hash_workers: int
     python: str = sys.executable
@@ -76,6 +77,7 @@ class MixauthOptions:
     log_level: str = "info"
     metrics: bool = True
     loop: str = "uvloop"
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -101,6 +103,7 @@ def mixauth_settings(options: MixauthOptions) -> dict[str, str]:
     }
     if options.bcrypt_rounds is not None:
         settings["BCRYPT_ROUNDS"] = str(options.bcrypt_rounds)
+    settings.update(options.env)
     return settings
 
 

@@ -15,7 +15,13 @@ The phases, in order (all load goes to 127.0.0.1 and every wrk run has a fixed d
 5. POST /user/auth alone, then POST /user with a new user per request, each run long enough for about
    MIN_BCRYPT_REQUESTS answers at the bcrypt ceiling and preceded by a fresh bcrypt ceiling sample (the
    ratio to the bcrypt ceiling is taken run by run against it, as the machine's load drifts);
-6. mixauth's RSS after the load, then both servers stopped.
+6. mixauth's RSS after the load, then both servers stopped;
+7. with ``--backend``, for each backend configuration (``bench.backends``): mixauth with its defaults on
+   uvloop twice, on SQLite and on that configuration, GET /user swept over both alternately (so that the
+   ratio is taken in the same minutes), the SQLite one stopped, then sign-in and signup on the backend one,
+   each run against a bcrypt ceiling sample taken just before it, as in 5;
+8. with ``redis`` among the backends, the cost of one rate-limiter hit in memory and on Redis, in this
+   process (``bench.limiter_redis``).
 
 Before any server starts, the bcrypt ceiling is measured in this process, at the server's cost and hashing
 thread count (it also sets how long the sign-in and signup runs must be).
@@ -25,6 +31,7 @@ Medians are taken over the repeats; the raw runs are kept next to them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import secrets
@@ -38,7 +45,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import bcrypt_ceiling, client, machine
+from bench import backends, bcrypt_ceiling, client, limiter_redis, machine
+from bench.backends import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from bench.bcrypt_ceiling import BcryptRun
 from bench.servers import (
     MixauthOptions,
@@ -71,7 +79,9 @@ MAX_BCRYPT_DURATION_S = 60
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to run; ``bcrypt_rounds=None`` keeps the server's default cost."""
+    """What to run; ``bcrypt_rounds=None`` keeps the server's default cost. ``backends`` (``bench.backends``'
+    names) are measured on the PostgreSQL server at ``database_url`` and the Redis at ``redis_url`` (never
+    written to the results: they may hold passwords); ``limiter_hits`` per case of the limiter measurement."""
 
     connections: tuple[int, ...]
     repeats: int
@@ -85,6 +95,10 @@ class Plan:
     bcrypt_seconds: float
     loops: tuple[str, ...] = ("uvloop",)
     peer_python: str | None = None
+    backends: tuple[str, ...] = ()
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    limiter_hits: int = 5000
 
     @property
     def effective_rounds(self) -> int:
@@ -157,6 +171,8 @@ class Run:
                 "wrk_threads": 1,
                 "loops": list(self.plan.loops),
                 "peer": self.plan.peer_python is not None,
+                "backends": list(self.plan.backends),
+                "backend_configurations": list(backends.configurations(self.plan.backends)),
             },
             "machine": machine.describe(),
         }
@@ -185,6 +201,10 @@ class Run:
         finally:
             if mixauth is not None:
                 mixauth.stop()
+        if self.plan.backends:
+            results["backends"], results["plan"]["backend_resources"] = self.backends_phase(bcrypt_duration)
+        if "redis" in self.plan.backends:
+            results["limiter"] = self.limiter_round_trip()
         results["bcrypt_ceiling"] = all_bcrypt_samples(results)
         results["ratios"] = ratios(results)
         results["machine"]["load_average_at_end"] = machine.load_average()
@@ -223,6 +243,66 @@ class Run:
             for server in servers.values():
                 server.stop()
         return kept, idle
+
+    def backends_phase(self, bcrypt_duration: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Each backend configuration beside SQLite, with the run's databases and Redis keys removed after;
+        the figures by configuration, and where the run's data went."""
+        measured: dict[str, Any] = {}
+        with backends.BackendResources(self.plan.database_url, self.plan.redis_url) as resources:
+            for configuration in backends.configurations(self.plan.backends):
+                measured[configuration] = self.backend_phase(
+                    configuration, resources.environment(configuration), bcrypt_duration
+                )
+            where = resources.describe()
+        return measured, where
+
+    def backend_phase(self, configuration: str, env: tuple[tuple[str, str], ...], duration: int) -> dict[str, Any]:
+        """mixauth with its defaults on SQLite and on ``configuration`` (``env``): GET /user on both, taking
+        turns; then sign-in and signup on the backend one alone, against the adjacent bcrypt ceiling."""
+        say(f"backend {configuration}: starting mixauth on SQLite and on {backends.DESCRIPTIONS[configuration]}")
+        options = {"sqlite": self.mixauth_options, configuration: replace(self.mixauth_options, env=env)}
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for name, settings in options.items():
+                servers[name] = start_mixauth(self.work_dir, settings, name=f"backend-{configuration}-{name}")
+                self.create_user(servers[name])
+            described = {
+                name: {
+                    "command": "python3 -m server",
+                    "loop": servers[name].event_loop(),
+                    "env": backends.public_settings(mixauth_settings(settings)),
+                }
+                for name, settings in options.items()
+            }
+            get_user = self.get_user_sweep(servers)
+            servers.pop("sqlite").stop()
+            server, connections = servers[configuration], self.plan.bcrypt_connections
+            sign_in = self.bcrypt_endpoint(
+                server, f"sign-in on {configuration}", lambda _: self.signin_job(server, connections, duration)
+            )
+            sign_up = self.bcrypt_endpoint(
+                server,
+                f"signup on {configuration}",
+                lambda attempt: self.signup_job(server, connections, duration, attempt),
+            )
+        finally:
+            for running in servers.values():
+                running.stop()
+        return {
+            "description": backends.DESCRIPTIONS[configuration],
+            "servers": described,
+            "get_user": get_user,
+            "sign_in": sign_in,
+            "sign_up": sign_up,
+        }
+
+    def limiter_round_trip(self) -> dict[str, Any]:
+        """``bench.limiter_redis``'s measurement: one hit's cost in memory and on Redis (median, p99 µs)."""
+        hits, runs = self.plan.limiter_hits, self.plan.repeats
+        say(f"rate-limiter hit: memory against Redis, {runs} rounds of {hits} hits per case")
+        measured = asyncio.run(limiter_redis.run(self.plan.redis_url, hits, runs, concurrency=16))
+        kept = ("hits", "runs", "buckets_per_hit", "cases", "concurrency", "redis_hits_per_second")
+        return {"redis": backends.redis_location(self.plan.redis_url)} | {key: measured[key] for key in kept}
 
     def measure_startup(self) -> dict[str, Any]:
         say(f"start-up: {self.plan.starts} starts of each server")
@@ -453,6 +533,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
     peer_loop = by_loop.get("uvloop", {})
     return {
+        "backends": backend_ratios(results.get("backends", {})),
         # Per loop, each mixauth setting against the ceiling on the same loop.
         "get_user_vs_ceiling": {
             loop: {name: versus(get_user, name, "ceiling") for name in VARIANTS} for loop, get_user in by_loop.items()
@@ -476,6 +557,24 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         ),
         "startup_mixauth_vs_ceiling": _ratio(startup["mixauth"]["median"], startup["ceiling"]["median"]),
         "rss_loaded_vs_idle": _ratio(memory["loaded"]["VmRSS"], memory["idle"]["VmRSS"]),
+    }
+
+
+def backend_ratios(measured: dict[str, Any]) -> dict[str, Any]:
+    """Each backend configuration's comparisons: GET /user against SQLite in the same sweep, sign-in and
+    signup against the bcrypt ceiling sampled just before each run."""
+    return {
+        name: {
+            "get_user_vs_sqlite": {
+                connections: _ratio(
+                    group["median"]["ok_per_s"], phase["get_user"]["sqlite"][connections]["median"]["ok_per_s"]
+                )
+                for connections, group in phase["get_user"][name].items()
+            },
+            "sign_in_vs_bcrypt_ceiling": phase["sign_in"]["vs_adjacent_bcrypt_ceiling"],
+            "sign_up_vs_bcrypt_ceiling": phase["sign_up"]["vs_adjacent_bcrypt_ceiling"],
+        }
+        for name, phase in measured.items()
     }
 
 
