@@ -4,24 +4,35 @@ that fails any test whose log output holds the canary password, a token, a bcryp
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import io
+import itertools
 import logging
+import os
 import re
+import secrets
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import jwt
 import pytest
+import redis
 import structlog
 from aiohttp.test_utils import TestClient
 
 from server.config import Settings
+from server.limits.redis import open_redis
 from server.logs import configure_logging
+from server.storage import StorageError
+from server.storage import postgres as pg_store
 from server.web.access import AccessLog
 from server.web.app import create_app
 from server.web.keys import SERVICE
@@ -173,30 +184,14 @@ async def create_admin(client: TestClient[Any, Any], scope: tuple[str, ...] = ("
 # inside. Durability is not what the tests are about, so the fresh databases commit without waiting for the
 # WAL flush (synchronous_commit off). Unreachable server: the tests that need it are skipped, or fail under CI.
 
-import asyncio as _pg_asyncio  # noqa: E402 - this block keeps its imports to itself
-import concurrent.futures as _pg_futures  # noqa: E402
-import itertools as _pg_itertools  # noqa: E402
-import os as _pg_os  # noqa: E402
-import secrets as _pg_secrets  # noqa: E402
-from collections.abc import AsyncIterator as _PgAsyncIterator  # noqa: E402
-from collections.abc import Coroutine as _PgCoroutine  # noqa: E402
-from contextlib import asynccontextmanager as _pg_asynccontextmanager  # noqa: E402
-from urllib.parse import urlsplit as _pg_urlsplit  # noqa: E402
-from urllib.parse import urlunsplit as _pg_urlunsplit  # noqa: E402
-
-import asyncpg  # noqa: E402
-
-from server.storage import StorageError  # noqa: E402
-from server.storage.postgres import migrate as _pg_migrate  # noqa: E402
-from server.storage.postgres import unusable as _pg_unusable  # noqa: E402
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def database_url(server_url: str, database: str) -> str:
     """``server_url`` naming ``database`` instead of its own."""
-    parts = _pg_urlsplit(server_url)
-    return _pg_urlunsplit(parts._replace(path="/" + database))
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path="/" + database))
 
 
 class PostgresForTests:
@@ -205,15 +200,15 @@ class PostgresForTests:
     def __init__(self, server_url: str, run_database: str) -> None:
         self.server_url = server_url
         self.run_database = run_database
-        self._numbers = _pg_itertools.count(1)
+        self._numbers = itertools.count(1)
 
     @property
     def migrated_database(self) -> str:
         """The run's template with mixauth's schema in place (``postgres`` makes it)."""
         return f"{self.run_database}_migrated"
 
-    @_pg_asynccontextmanager
-    async def fresh_database_url(self, *, migrated: bool = False) -> _PgAsyncIterator[str]:
+    @asynccontextmanager
+    async def fresh_database_url(self, *, migrated: bool = False) -> AsyncIterator[str]:
         """The URL of a new empty database (with mixauth's schema when ``migrated``: 40 ms less than migrating
         it), dropped (whoever is still connected) on exit."""
         name = f"{self.run_database}_{next(self._numbers)}"
@@ -234,11 +229,11 @@ class PostgresForTests:
                 await connection.close()
 
 
-def _run_apart(work: _PgCoroutine[Any, Any, Any]) -> Any:
+def _run_apart(work: Coroutine[Any, Any, Any]) -> Any:
     """Run ``work`` to completion on an event loop of its own, in another thread (session set-up and
     tear-down, outside every test's loop)."""
-    with _pg_futures.ThreadPoolExecutor(1) as executor:
-        return executor.submit(_pg_asyncio.run, work).result()
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, work).result()
 
 
 async def _create_run_databases(server_url: str, name: str) -> None:
@@ -249,7 +244,7 @@ async def _create_run_databases(server_url: str, name: str) -> None:
         await connection.execute(f'CREATE DATABASE "{name}_migrated" TEMPLATE "{name}"')
     finally:
         await connection.close()
-    await _pg_migrate(database_url(server_url, f"{name}_migrated"))
+    await pg_store.migrate(database_url(server_url, f"{name}_migrated"))
 
 
 async def _drop_run_databases(server_url: str, name: str) -> None:
@@ -268,13 +263,13 @@ async def _drop_run_databases(server_url: str, name: str) -> None:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresForTests]:
     """The test PostgreSQL server with this run's database; skips (fails under CI) when it is unreachable."""
-    server_url = _pg_os.environ.get("MIXAUTH_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
-    name = f"mixauth_test_{_pg_os.getpid()}_{_pg_secrets.token_hex(3)}"
+    server_url = os.environ.get("MIXAUTH_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+    name = f"mixauth_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         _run_apart(_create_run_databases(server_url, name))
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, StorageError) as exc:
-        reason = f"the test PostgreSQL is not usable: {_pg_unusable('use', server_url, exc)}"
-        if _pg_os.environ.get("CI"):
+        reason = f"the test PostgreSQL is not usable: {pg_store.unusable('use', server_url, exc)}"
+        if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
     try:
@@ -284,7 +279,7 @@ def postgres() -> Iterator[PostgresForTests]:
 
 
 @pytest.fixture
-async def postgres_url(postgres: PostgresForTests) -> _PgAsyncIterator[str]:
+async def postgres_url(postgres: PostgresForTests) -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for this test."""
     async with postgres.fresh_database_url() as url:
         yield url
@@ -302,10 +297,6 @@ REDIS_DEFAULT_TEST_URL = "redis://127.0.0.1:6379/0"
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The test Redis's URL, once it answered a PING."""
-    import os
-    from urllib.parse import urlsplit
-
-    import redis
 
     url = os.environ.get("MIXAUTH_TEST_REDIS_URL", REDIS_DEFAULT_TEST_URL)
     try:
@@ -324,8 +315,6 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def redis_run_prefix(redis_url: str) -> Iterator[str]:
     """The key prefix of this test run (this process), whose keys are all deleted when the run ends."""
-    import os
-    import secrets
 
     prefix = f"mixauth-test:{os.getpid()}:{secrets.token_hex(4)}:"
     yield prefix
@@ -335,7 +324,6 @@ def redis_run_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def redis_prefix(redis_url: str, redis_run_prefix: str) -> Iterator[str]:
     """A key prefix of this test's own, whose keys are deleted after the test."""
-    import secrets
 
     prefix = f"{redis_run_prefix}{secrets.token_hex(4)}:"
     yield prefix
@@ -344,14 +332,12 @@ def redis_prefix(redis_url: str, redis_run_prefix: str) -> Iterator[str]:
 
 def redis_keys(url: str, prefix: str) -> list[str]:
     """Every key in the Redis at ``url`` that starts with ``prefix`` (SCAN, never KEYS)."""
-    import redis
 
     with redis.Redis.from_url(url, socket_timeout=5.0, decode_responses=True) as client:
         return list(client.scan_iter(match=f"{prefix}*", count=1000))
 
 
 def delete_redis_keys(url: str, prefix: str) -> None:
-    import redis
 
     keys = redis_keys(url, prefix)
     with redis.Redis.from_url(url, socket_timeout=5.0) as client:
@@ -371,8 +357,6 @@ class PrivateRedis:
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        from server.limits.redis import open_redis
-
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self._process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -398,7 +382,10 @@ class PrivateRedis:
 @pytest.fixture
 async def private_redis() -> AsyncIterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     server = PrivateRedis()
     await server.start()
     try:
