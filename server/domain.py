@@ -39,10 +39,11 @@ them to the contract's JSON body by walking the class's MRO, so a new subclass n
     │   ├── ForgotPasswordEmailRateLimited (429 forgot_password_email_rate_limited)
     │   ├── ForgotPasswordIpRateLimited (429 forgot_password_ip_rate_limited)
     │   └── PasswordResetIpRateLimited (429 password_reset_ip_rate_limited)
-    ├── Overloaded (503 overloaded)
-    ├── NotReady (503 not_ready)
-    ├── DatabaseUnavailable (503 database_unavailable)
-    └── RateLimiterUnavailable (503 rate_limiter_unavailable)
+    ├── Unavailable (503 unavailable)
+    │   ├── Overloaded (503 overloaded)
+    │   ├── DatabaseUnavailable (503 database_unavailable)
+    │   └── RateLimiterUnavailable (503 rate_limiter_unavailable)
+    └── NotReady (503 not_ready)
 """
 
 from __future__ import annotations
@@ -377,16 +378,24 @@ class SignInThrottled(RateLimited):
     default_message = "Too many failed sign-in attempts. Please try again later."
 
 
-class Overloaded(MixauthError):
-    """Password hashing is saturated: the request was refused at once rather than queued without end."""
+class Unavailable(MixauthError):
+    """A 503 that tells the client when to try again (Retry-After): nothing was done, and the same request may
+    be repeated."""
 
     status = 503
-    code = "overloaded"
-    default_message = "The server is busy. Please try again shortly."
+    code = "unavailable"
+    default_message = "The service is unavailable. Please try again shortly."
     retry_after = 1
 
     def headers(self) -> Mapping[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class Overloaded(Unavailable):
+    """Password hashing is saturated: the request was refused at once rather than queued without end."""
+
+    code = "overloaded"
+    default_message = "The server is busy. Please try again shortly."
 
 
 class NotReady(MixauthError):
@@ -397,30 +406,20 @@ class NotReady(MixauthError):
     default_message = "The database does not answer."
 
 
-class DatabaseUnavailable(MixauthError):
+class DatabaseUnavailable(Unavailable):
     """The database (PostgreSQL) cannot be reached or stopped answering mid-request: nothing was changed
     that the caller was told about, and the same request may be sent again."""
 
-    status = 503
     code = "database_unavailable"
     default_message = "The database does not answer. Please try again shortly."
-    retry_after = 1
-
-    def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
-class RateLimiterUnavailable(MixauthError):
+class RateLimiterUnavailable(Unavailable):
     """The shared rate limiter (Redis) does not answer, and the server is set to refuse rate-limited calls
     rather than count them on its own (RATE_LIMIT_REDIS_FAILURE=deny)."""
 
-    status = 503
     code = "rate_limiter_unavailable"
     default_message = "The rate limiter is unavailable. Please try again shortly."
-    retry_after = 1
-
-    def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 UserSortField = Literal["created", "username", "email"]
