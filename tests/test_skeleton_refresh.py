@@ -12,6 +12,7 @@ import aiosqlite
 import pytest
 
 from server.security import skeleton_data_fingerprint, skeleton_data_version, username_skeleton
+from server.storage import skeletons as skeleton_note
 from server.storage import sqlite
 from server.storage.sqlite import DATABASE_FILE
 from tests.test_store_contract import new_user
@@ -46,7 +47,7 @@ def test_the_fingerprint_names_the_installed_icu_module_without_loading_it() -> 
 
 
 async def test_a_new_store_and_its_restarts_load_no_icu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite, "skeleton_data_version", must_not_load_icu)
+    monkeypatch.setattr(skeleton_note, "skeleton_data_version", must_not_load_icu)
     async with sqlite.open_store(tmp_path):
         pass
     assert await stored_version(tmp_path) == f" @ {skeleton_data_fingerprint()}"  # no users: the module alone
@@ -63,17 +64,17 @@ async def test_another_module_with_the_same_data_notes_its_fingerprint_and_keeps
     async with sqlite.open_store(tmp_path) as store:
         await store.add(new_user("alice", "alice@example.com"))
     with monkeypatch.context() as first_module:  # a start with users notes the data version too
-        first_module.setattr(sqlite, "skeleton_data_fingerprint", lambda: "the first ICU module")
+        first_module.setattr(skeleton_note, "skeleton_data_fingerprint", lambda: "the first ICU module")
         async with sqlite.open_store(tmp_path):
             pass
     assert await stored_version(tmp_path) == f"{skeleton_data_version()} @ the first ICU module"
-    monkeypatch.setattr(sqlite, "skeleton_data_fingerprint", lambda: "a rebuilt ICU module")
+    monkeypatch.setattr(skeleton_note, "skeleton_data_fingerprint", lambda: "a rebuilt ICU module")
     monkeypatch.setattr(sqlite, "username_skeleton", lambda username: "recomputed")
     async with sqlite.open_store(tmp_path):
         pass
     assert await skeletons(tmp_path) == [username_skeleton("alice")]
     assert await stored_version(tmp_path) == f"{skeleton_data_version()} @ a rebuilt ICU module"
-    monkeypatch.setattr(sqlite, "skeleton_data_version", must_not_load_icu)
+    monkeypatch.setattr(skeleton_note, "skeleton_data_version", must_not_load_icu)
     async with sqlite.open_store(tmp_path):  # noted: the next start loads no ICU
         pass
 
@@ -83,10 +84,10 @@ async def test_a_store_noted_without_users_recomputes_under_another_module(
 ) -> None:
     async with sqlite.open_store(tmp_path):
         pass
-    monkeypatch.setattr(sqlite, "skeleton_data_fingerprint", lambda: "must not match")
+    monkeypatch.setattr(skeleton_note, "skeleton_data_fingerprint", lambda: "must not match")
     async with sqlite.open_store(tmp_path) as store:
         await store.add(new_user("alice", "alice@example.com"))
-    monkeypatch.setattr(sqlite, "skeleton_data_fingerprint", lambda: "another ICU module")
+    monkeypatch.setattr(skeleton_note, "skeleton_data_fingerprint", lambda: "another ICU module")
     monkeypatch.setattr(sqlite, "username_skeleton", lambda username: "recomputed")
     async with sqlite.open_store(tmp_path):
         pass

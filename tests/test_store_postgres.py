@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 
 from server.domain import LastAdmin, NewUser, User, UserChanges, UsernameTaken, UserQuery
-from server.security import build_new_user
+from server.security import build_new_user, skeleton_data_fingerprint, skeleton_data_version, username_skeleton
 from server.storage import StorageError
+from server.storage import skeletons as skeleton_note
 from server.storage.cached import CachedUserStore
 from server.storage.pg_changes import ChangeListener, listen_for_changes
 from server.storage.postgres import MIGRATIONS, PostgresUserStore, migrate, open_store
@@ -247,3 +248,43 @@ async def test_the_listener_refuses_to_start_on_an_unreachable_database() -> Non
         async with listen_for_changes(url, CachedUserStore(FakeUserStore()), timeout=1.0):
             pass
     assert "hunter2" not in str(refused.value)
+
+
+async def test_restarts_load_no_icu_while_its_module_is_the_noted_one(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on SQLite (tests/test_skeleton_refresh.py): the confusables check costs no ICU load at start-up."""
+    async with open_store(postgres_url) as store:
+        alice = await store.add(new_user("alice"))
+    assert await fetch_note(postgres_url) == f" @ {skeleton_data_fingerprint()}"  # no users then: the module alone
+
+    def must_not_load_icu() -> str:
+        raise AssertionError("ICU was loaded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(skeleton_note, "skeleton_data_version", must_not_load_icu)
+        async with open_store(postgres_url) as store:
+            assert (await store.get_by_id(alice.id)) == alice
+    # Another ICU module with the same data: checked once (ICU loaded), noted, skeletons kept.
+    monkeypatch.setattr(skeleton_note, "skeleton_data_fingerprint", lambda: "a rebuilt ICU module")
+    async with open_store(postgres_url):
+        pass
+    assert await fetch_note(postgres_url) == f"{skeleton_data_version()} @ a rebuilt ICU module"
+    assert await fetch_skeletons(postgres_url) == [username_skeleton("alice")]
+
+
+async def fetch_note(url: str) -> str:
+    connection = await asyncpg.connect(url)
+    try:
+        note: str = await connection.fetchval("SELECT version FROM username_skeleton_data")
+    finally:
+        await connection.close()
+    return note
+
+
+async def fetch_skeletons(url: str) -> list[str | None]:
+    connection = await asyncpg.connect(url)
+    try:
+        return [row[0] for row in await connection.fetch("SELECT username_skeleton FROM users ORDER BY id")]
+    finally:
+        await connection.close()

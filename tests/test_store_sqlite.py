@@ -18,6 +18,7 @@ import pytest
 from server.domain import UsernameConfusable, UserQuery
 from server.security import email_key, identifier_key, new_user_id, username_skeleton
 from server.storage import StorageError, sqlite
+from server.storage import skeletons as skeleton_note
 from server.storage.sqlite import DATABASE_FILE, MIGRATIONS, SqliteUserStore
 from tests.test_store_contract import add_users
 from tests.test_store_contract import new_user as new_user  # re-exported: test_cli builds users with it
@@ -295,8 +296,8 @@ async def test_skeletons_are_recomputed_when_the_confusables_data_changes(
         first = await store.add(dataclasses.replace(new_user("alice", "alice@example.com"), id="0" * 24))
         second = await store.add(new_user("bob", "bob@example.com"))
     # Data under which every name looks alike: the earlier user keeps the skeleton, the later gets none.
-    monkeypatch.setattr(sqlite, "skeleton_data_version", lambda: "every name alike")
-    monkeypatch.setattr(sqlite, "skeleton_data_fingerprint", lambda: "another ICU module")
+    monkeypatch.setattr(skeleton_note, "skeleton_data_version", lambda: "every name alike")
+    monkeypatch.setattr(skeleton_note, "skeleton_data_fingerprint", lambda: "another ICU module")
     monkeypatch.setattr(sqlite, "username_skeleton", lambda username: "x")
     async with sqlite.open_store(tmp_path) as store:
         pass

@@ -55,8 +55,8 @@ from server.domain import (
     UsernameTaken,
     UserQuery,
 )
-from server.security import skeleton_data_version, username_skeleton
-from server.storage import StorageError
+from server.security import username_skeleton
+from server.storage import StorageError, skeletons
 
 # Advisory lock keys (any two bigints no other application on the database uses): "mixauth" in ASCII, then 1
 # for migrations and 2 for the last-admin guard.
@@ -534,19 +534,21 @@ async def _refresh_username_skeletons(connection: asyncpg.Connection) -> None:
     As in the SQLite store: users are taken in creation order, and a later look-alike of an earlier username
     gets no skeleton (NULL, which UNIQUE lets repeat) rather than stopping start-up.
     """
-    version = skeleton_data_version()
-    if await connection.fetchval("SELECT version FROM username_skeleton_data") == version:
+    note = await connection.fetchval("SELECT version FROM username_skeleton_data")
+    if skeletons.noted_module_is_current(note):
         return
     rows = await connection.fetch("SELECT id, username FROM users ORDER BY created_ms, id")
-    await connection.execute("UPDATE users SET username_skeleton = NULL")
-    for row in rows:
-        await connection.execute(
-            "UPDATE users SET username_skeleton = $1 WHERE id = $2 AND NOT EXISTS"
-            " (SELECT 1 FROM users WHERE username_skeleton = $1)",
-            username_skeleton(row["username"]),
-            row["id"],
-        )
-    await connection.execute("UPDATE username_skeleton_data SET version = $1", version)
+    new_note = skeletons.current_note(has_users=bool(rows))
+    if rows and skeletons.noted_version(note) != skeletons.noted_version(new_note):
+        await connection.execute("UPDATE users SET username_skeleton = NULL")
+        for row in rows:
+            await connection.execute(
+                "UPDATE users SET username_skeleton = $1 WHERE id = $2 AND NOT EXISTS"
+                " (SELECT 1 FROM users WHERE username_skeleton = $1)",
+                username_skeleton(row["username"]),
+                row["id"],
+            )
+    await connection.execute("UPDATE username_skeleton_data SET version = $1", new_note)
 
 
 async def _migrate(connection: asyncpg.Connection) -> tuple[int, int]:

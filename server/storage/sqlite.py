@@ -50,11 +50,9 @@ from server.domain import (
 from server.security import (
     email_key,
     identifier_key,
-    skeleton_data_fingerprint,
-    skeleton_data_version,
     username_skeleton,
 )
-from server.storage import StorageError, prepare_data_dir
+from server.storage import StorageError, prepare_data_dir, skeletons
 
 DATABASE_FILE = "mixauth.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -114,26 +112,21 @@ async def _refresh_username_skeletons(connection: aiosqlite.Connection) -> None:
     async with connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'username_skeleton_data'") as cursor:
         if await cursor.fetchone() is None:  # a schema from before the skeletons (a migration test's)
             return
-    # Stored as "<data version> @ <fingerprint>": while the ICU module is the one noted, the data is the one
-    # the skeletons were made with, known without loading ICU (about 12 ms of start-up).
-    fingerprint = skeleton_data_fingerprint()
     async with connection.execute("SELECT version FROM username_skeleton_data") as cursor:
         row = await cursor.fetchone()
-    stored_version, _, stored_fingerprint = (str(row[0]) if row is not None else "").partition(" @ ")
-    if fingerprint and stored_fingerprint == fingerprint:
+    note = str(row[0]) if row is not None else ""
+    if skeletons.noted_module_is_current(note):
         return
     async with connection.execute("SELECT id, username FROM users ORDER BY created_at, id") as cursor:
         rows = await cursor.fetchall()
-    # With no users there is nothing to recompute: the module alone is noted, with an empty data version (so
-    # the next module that is not this one loads ICU and recomputes).
-    version = skeleton_data_version() if rows or not fingerprint else ""
-    if rows and stored_version != version:
+    new_note = skeletons.current_note(has_users=bool(rows))
+    if rows and skeletons.noted_version(note) != skeletons.noted_version(new_note):
         await connection.execute("UPDATE users SET username_skeleton = NULL")
         for user_id, username in rows:
             await connection.execute(
                 "UPDATE OR IGNORE users SET username_skeleton = ? WHERE id = ?", (username_skeleton(username), user_id)
             )
-    await connection.execute("UPDATE username_skeleton_data SET version = ?", (f"{version} @ {fingerprint}",))
+    await connection.execute("UPDATE username_skeleton_data SET version = ?", (new_note,))
 
 
 Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
