@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import contextvars
 import functools
 import json
 import logging
@@ -351,21 +353,23 @@ class _LineWriter:
         self.stream = stream
         self.buffered = buffered
         self._lock = threading.Lock()
-        self._pending: list[str] = []
+        # A deque: the loop's own thread appends to it without the lock (see write), and a drain takes lines
+        # from its left one at a time, so a line appended meanwhile is either taken or left for the next one.
+        self._pending: collections.deque[str] = collections.deque()
         # The loop a flush is scheduled on, if any (one per turn), and the thread that was running it.
         self._flush_on: asyncio.AbstractEventLoop | None = None
         self._flush_thread = 0
 
     def write(self, line: str) -> None:
         if self.buffered:
-            with self._lock:
-                # After a turn's first line, the others need not look up the running loop: asyncio's lookup
-                # costs a getpid() system call on every line (Python 3.11). The thread that scheduled the
-                # flush, while its loop runs, is on that loop; once the loop stops, the lookup decides again.
-                flush_on = self._flush_on
-                if flush_on is not None and self._flush_thread == get_ident() and flush_on.is_running():
-                    self._pending.append(line)
-                    return
+            # After a turn's first line, the others need not look up the running loop (asyncio's lookup costs a
+            # getpid() system call on every line, Python 3.11) nor take the lock: the thread that scheduled the
+            # flush, while its loop runs, is on that loop, and the flush will run on it after this line. Once
+            # the loop stops, the lookup decides again.
+            flush_on = self._flush_on
+            if flush_on is not None and self._flush_thread == get_ident() and flush_on.is_running():
+                self._pending.append(line)
+                return
         loop = _running_loop() if self.buffered else None
         with self._lock:
             self._pending.append(line)
@@ -382,9 +386,11 @@ class _LineWriter:
             self._write_pending()
 
     def _write_pending(self) -> None:
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
-        lines, self._pending = self._pending, []
+        take = pending.popleft
+        lines = [take() for _ in range(len(pending))]
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
@@ -427,22 +433,48 @@ class _NamedLineLogger:
     def msg(self, message: str) -> None:
         self._writer.write(message)
 
-    def emit(self, level: str, event: str, fields: EventDict) -> None:
+    def emit(self, level: str, event: str, fields: EventDict, *, members: str | None = None) -> None:
         """Write ``fields`` as one line with ``event``, the request context, ``level``, ``timestamp`` and
         ``logger``, exactly as ``structlog.get_logger(name).<level>(event, **fields)`` writes it; never raises.
 
         The caller checks the level first, and passes no ``exc_info``: such a line takes structlog's path.
+        ``members``: ``fields`` as the caller rendered them, JSON object members in order (``"status":200,...``),
+        vouched for: its own code's words and numbers, no client text, nothing named like a secret. With a
+        request context of plain identifiers (``_plain_identifier``) under plain names that ``fields`` does not
+        hold, the line is then put together as text, without a dictionary, a serialiser or the redaction's scan;
+        anything else takes the renderer's path.
         """
         try:
-            fields["event"] = event
-            _merge_request_context(None, level, fields)
-            fields["level"] = level
-            self.chain.timestamper(None, level, fields)
-            fields["logger"] = self.name
-            line = self.chain.renderer(self, level, fields)
+            context: str | None = None
+            if members is not None:  # the request context, if it is plain (see _plain_context), inline
+                context = ""
+                count, variables = _context_cache
+                for name, variable, name_is_plain in (
+                    variables if count == len(_STRUCTLOG_VARS) else _context_variables()
+                ):
+                    value = variable.get()
+                    if value is Ellipsis:
+                        continue
+                    if type(value) is not str or not _plain_identifier(value) or not name_is_plain or name in fields:
+                        context = None
+                        break
+                    context += f'"{name}":"{value}",'
+            if context is not None:
+                line = (
+                    f'{{{members},"event":{_json_text(event)},{context}"level":{_json_text(level)},'
+                    f'"timestamp":"{self.chain.timestamper.now()}","logger":{_json_text(self.name)}}}'
+                )
+            else:
+                fields["event"] = event
+                _merge_request_context(None, level, fields)
+                fields["level"] = level
+                self.chain.timestamper(None, level, fields)
+                fields["logger"] = self.name
+                rendered = self.chain.renderer(self, level, fields)
+                line = rendered if isinstance(rendered, str) else str(rendered)
         except Exception as exc:
             line = unrenderable_line(self.name, level, exc)
-        self._writer.write(line if isinstance(line, str) else str(line))
+        self._writer.write(line)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -477,11 +509,39 @@ def _merge_request_context(_logger: Any, _method: str, event_dict: EventDict) ->
 
     The original walks every variable of the context (aiohttp's, asyncio's and the rest) on every line.
     """
-    for name, var in tuple(_STRUCTLOG_VARS.items()):
-        value = var.get()
+    for name, variable, _ in _context_variables():
+        value = variable.get()
         if value is not Ellipsis:
-            event_dict.setdefault(name[_PREFIX_LENGTH:], value)
+            event_dict.setdefault(name, value)
     return event_dict
+
+
+# Whether a context value is what the direct path writes as it is: what request ids, client IPs and user ids
+# are made of (or "unknown", for a peer with no address). JSON needs no escape in it, and no text pattern of
+# the redaction can match in it (every hint holds a letter beyond "f", or a "$").
+_plain_identifier = re.compile(r"[0-9A-Fa-f.:]*|unknown").fullmatch
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# structlog's context variables, as (field name, variable, whether the name is plain and no secret's), rebuilt
+# when structlog makes a new one (a field bound for the first time): a few names, made once each.
+_context_cache: tuple[int, tuple[tuple[str, contextvars.ContextVar[Any], bool], ...]] = (-1, ())
+
+
+def _context_variables() -> tuple[tuple[str, contextvars.ContextVar[Any], bool], ...]:
+    global _context_cache
+    count, variables = _context_cache
+    if count != len(_STRUCTLOG_VARS):
+        named = [(name[_PREFIX_LENGTH:], variable) for name, variable in tuple(_STRUCTLOG_VARS.items())]
+        variables = tuple(
+            (name, variable, _PLAIN_NAME.fullmatch(name) is not None and not hints_in(name)) for name, variable in named
+        )
+        _context_cache = (len(named), variables)
+    return variables
+
+
+@functools.lru_cache(maxsize=256)
+def _json_text(text: str) -> str:
+    """A string of the code's (an event, a level, a logger's name) as JSON."""
+    return orjson.dumps(text).decode()
 
 
 class _Timestamper:
@@ -491,13 +551,16 @@ class _Timestamper:
     def __init__(self) -> None:
         self._second: tuple[int, str] = (-1, "")
 
-    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    def now(self) -> str:
         second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         cached = self._second  # one read: another thread may replace it meanwhile
         if cached[0] != second:
             cached = self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
         # As datetime.isoformat: no fraction in a whole second.
-        event_dict["timestamp"] = f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+        return f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict["timestamp"] = self.now()
         return event_dict
 
 
@@ -579,6 +642,20 @@ def bind_request(**fields: Any) -> None:
             structlog.contextvars.bind_contextvars(**{name: value})
         else:
             variable.set(value)
+
+
+def context_field(name: str) -> contextvars.ContextVar[Any]:
+    """structlog's context variable for the log context's field ``name``, made if it is new.
+
+    Setting it binds the field for the rest of the request, as ``bind_request`` does, and costs no call of
+    Python code: for the fields bound on every request. Fields appear in lines in the order their variables
+    were made.
+    """
+    variable = _STRUCTLOG_VARS.get(STRUCTLOG_KEY_PREFIX + name)
+    if variable is None:
+        structlog.contextvars.bind_contextvars(**{name: Ellipsis})  # structlog's "not bound": made, not bound
+        variable = _STRUCTLOG_VARS[STRUCTLOG_KEY_PREFIX + name]
+    return variable
 
 
 def line_logger_of(logger: Any) -> _NamedLineLogger | None:

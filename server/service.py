@@ -39,6 +39,7 @@ from server.domain import (
     UserStore,
 )
 from server.hashing import PasswordHasher
+from server.logs import context_field
 from server.security import (
     BCRYPT_MAX_BYTES,
     TokenCodec,
@@ -158,6 +159,8 @@ class AuthService:
         # Password writes of one user, one at a time in this process: a hash upgrade computed from the old
         # password must never land after a change of password (it would bring the old password back).
         self._password_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # The log context's user_id, bound for the rest of the request once a user is known.
+        self._user_id_field = context_field("user_id")
 
     async def authenticate(self, token: str) -> Principal:
         """The Principal a bearer token names, with the scopes stored for the user now.
@@ -178,7 +181,7 @@ class AuthService:
         except InvalidToken as exc:
             emit(self._observer, "warning", "token.rejected", reason=exc.reason)
             raise
-        structlog.contextvars.bind_contextvars(user_id=user.id)
+        self._user_id_field.set(user.id)
         return Principal(user)
 
     def authorize(self, principal: Principal | None, scopes: frozenset[str], route: str | None = None) -> None:
@@ -210,7 +213,7 @@ class AuthService:
             await self._charge_signup(body, client_ip)
         user = await self.create_user(body, DEFAULT_SCOPE, via="admin_api" if privileged else "api")
         if principal is None:
-            structlog.contextvars.bind_contextvars(user_id=user.id)
+            self._user_id_field.set(user.id)
         return self._issue(user)
 
     async def create_user(self, body: Mapping[str, Any], scope: Sequence[str], via: str) -> User:
@@ -257,7 +260,7 @@ class AuthService:
             self._reject_sign_in(reason, identified_by, user.id)
         await self._limiter.reset([account])
         await self._limiter.refund([address])
-        structlog.contextvars.bind_contextvars(user_id=user.id)
+        self._user_id_field.set(user.id)
         emit(self._observer, "info", "user.signin.succeeded", identified_by=identified_by)
         if needs_rehash(user.password_hash, self._hasher.rounds):
             user = await self._upgrade_hash(user, password)

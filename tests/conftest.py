@@ -28,6 +28,7 @@ import redis
 import structlog
 from aiohttp.test_utils import TestClient
 
+import server.logs
 from server.config import Settings
 from server.limits.redis import open_redis
 from server.logs import configure_logging
@@ -77,21 +78,20 @@ def free_port() -> int:
 
 @pytest.fixture(autouse=True)
 def log_guard(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[list[str]]:
-    """Log everything at debug level, record every rendered line (whichever stream a test points logging at),
-    and fail the test if any line holds a secret."""
-    rendered: list[str] = []
-    original_render = structlog.processors.JSONRenderer.__call__
+    """Log everything at debug level, record every line written (whichever stream a test points logging at,
+    and whichever path rendered it), and fail the test if any line holds a secret."""
+    written: list[str] = []
+    original_write = server.logs._LineWriter.write
 
-    def recording_render(self: structlog.processors.JSONRenderer, logger: Any, name: str, event: Any) -> Any:
-        line = original_render(self, logger, name, event)
-        rendered.append(str(line))
-        return line
+    def recording_write(self: server.logs._LineWriter, line: str) -> None:
+        written.append(line)
+        original_write(self, line)
 
-    # Every line, structlog's own and the stdlib's, is rendered by the JSONRenderer last in its chain.
-    monkeypatch.setattr(structlog.processors.JSONRenderer, "__call__", recording_render)
+    # Every line, structlog's own, the stdlib's and the direct path's, reaches a stream through a line writer.
+    monkeypatch.setattr(server.logs._LineWriter, "write", recording_write)
     configure_logging("debug", stream=io.StringIO())  # restore_logging puts the run's configuration back
-    yield rendered
-    leaks = secrets_in("\n".join(rendered))
+    yield written
+    leaks = secrets_in("\n".join(written))
     assert not leaks, f"secrets reached the log: {leaks}"
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from server.web.keys import SERVICE
-from server.web.middleware import error_mapping
+from server.web.middleware import request_middleware
 from tests.process import start_server
 
 ERROR_KEYS = {"error", "message", "statusCode", "code"}
@@ -253,12 +253,12 @@ async def test_a_broken_chunked_body_is_a_400(client: TestClient[Any, Any], log_
     assert not [line for line in log_guard if '"exception"' in line or '"level": "error"' in line]
 
 
-async def test_error_mapping_lets_a_cancellation_through() -> None:
+async def test_the_middleware_lets_a_cancellation_through() -> None:
     async def cancelled(request: web.Request) -> web.StreamResponse:
         raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
-        await error_mapping(make_mocked_request("GET", "/user"), cancelled)
+        await request_middleware(())(make_mocked_request("GET", "/user"), cancelled)
 
 
 PARSER_ERRORS = {

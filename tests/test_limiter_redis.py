@@ -19,7 +19,7 @@ from server.domain import ALLOWED, Decision, RateLimiterUnavailable, Rule
 from server.limits.fallback import FailoverRateLimiter, open_redis_limiter
 from server.limits.memory import MemoryRateLimiter, bucket_digest
 from server.limits.redis import RedisRateLimiter, open_redis
-from server.web.middleware import error_mapping
+from server.web.middleware import request_middleware
 from tests.conftest import PrivateRedis, free_port, redis_keys
 
 TEN = Rule("ten", capacity=10, window=3600.0)
@@ -329,7 +329,7 @@ async def test_the_unavailable_limiter_is_a_503_with_retry_after(aiohttp_client:
     async def limited(request: web.Request) -> web.Response:
         raise RateLimiterUnavailable()
 
-    app = web.Application(middlewares=[error_mapping])
+    app = web.Application(middlewares=[request_middleware(())])
     app.router.add_post("/limited", limited)
     client: TestClient[Any, Any] = await aiohttp_client(app)
     response = await client.post("/limited")

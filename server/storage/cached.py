@@ -66,7 +66,8 @@ class CachedUserStore:
         return len(self._users)
 
     async def get_by_id(self, user_id: str) -> User | None:
-        await self._notice_outside_changes()
+        if self._clock() >= self._next_check:  # checked here too: most reads are of a remembered user
+            await self._notice_outside_changes()
         user = self._users.get(user_id)
         if user is not None:
             return user

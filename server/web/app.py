@@ -38,11 +38,11 @@ from server.web.keys import (
     RESET_NOTIFIER,
     SERVICE,
     STORE,
-    TRUSTED_PROXIES,
     USERS,
     Readiness,
+    Requirement,
 )
-from server.web.middleware import bearer_auth, error_mapping, request_context
+from server.web.middleware import request_middleware
 from server.web.routes import add_routes, api_routes
 from server.web.webhook import BACKGROUND, BackgroundTasks, webhook_context
 
@@ -112,16 +112,16 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     ``wall_clock`` (seconds since the epoch) decides when remembered tokens expire. Tests pass fakes.
     """
     metrics = Metrics() if settings.metrics_enabled else None
+    rules: dict[str, Requirement] = {}
     app = web.Application(
-        middlewares=[request_context, error_mapping, bearer_auth],
+        middlewares=[request_middleware(settings.trusted_proxies, rules)],
         client_max_size=MAX_BODY_BYTES,
         # Never inflate a request body: a compressed one is refused (415) unread, and one drained unread after
         # an answer stays as small as it was sent.
         handler_args={"auto_decompress": False},
     )
     serve_json_errors(app)
-    app[TRUSTED_PROXIES] = settings.trusted_proxies
-    app[ACCESS_RULES] = {}
+    app[ACCESS_RULES] = rules
     background = app[BACKGROUND] = BackgroundTasks()  # reset-code deliveries, drained before the store closes
 
     async def services(app: web.Application) -> AsyncIterator[None]:
@@ -210,11 +210,10 @@ def _metrics_listener(api: web.Application, host: str, port: int) -> Callable[[w
     """
 
     async def listener(_app: web.Application) -> AsyncIterator[None]:
-        metrics_app = web.Application(middlewares=[request_context, error_mapping])
+        metrics_app = web.Application(middlewares=[request_middleware(())])
         metrics_app[METRICS] = api[METRICS]
         if METRICS_TOKEN in api:
             metrics_app[METRICS_TOKEN] = api[METRICS_TOKEN]
-        metrics_app[TRUSTED_PROXIES] = ()
         metrics_app.router.add_get("/metrics", handlers.get_metrics, allow_head=False)
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()

@@ -44,6 +44,7 @@ _PARSER_ERRORS: dict[type[object], tuple[str, str]] = {
     LineTooLong: ("header_too_large", "The request line or a header is too long."),
     BadHttpMethod: ("bad_method", "The request method is malformed."),
 }
+_SUPPORTED_VERSIONS = (HttpVersion11, HttpVersion10)
 _FRAMING_REFUSED = ("ambiguous_framing", "The request's framing is not supported: send Content-Length or chunked.")
 
 
@@ -52,9 +53,12 @@ class JsonErrorRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         reading = self._current_request
+        if reading is None:  # between requests, as a keep-alive connection mostly is: nothing to fail
+            RequestHandler.data_received(self, data)
+            return
         queued = len(self._messages)
-        super().data_received(data)
-        if reading is None or len(self._messages) == queued or not isinstance(self._messages[-1][0], _ErrInfo):
+        RequestHandler.data_received(self, data)
+        if len(self._messages) == queued or not isinstance(self._messages[-1][0], _ErrInfo):
             return
         # aiohttp's C parser, failing inside a body (a chunk size that is no number), queues the error as a
         # request of its own and leaves the body being read waiting for bytes that never come. Fail that body
@@ -104,7 +108,21 @@ class JsonErrorServer(web.Server):
 def gate(handle: RawHandler) -> RawHandler:
     """``handle`` (the application), behind the framing and expectation checks every request passes first."""
 
-    async def gated(request: BaseRequest) -> web.StreamResponse:
+    def gated(request: BaseRequest) -> Awaitable[web.StreamResponse]:
+        # The common request (HTTP/1.1 or 1.0, at most one Content-Length, no Transfer-Encoding, no Expect) goes
+        # straight to the application: no check would refuse it, and nothing raises outside the middleware
+        # without an Expect header (only the route's expect handler does).
+        headers = request.headers
+        if (
+            request.version in _SUPPORTED_VERSIONS
+            and "Transfer-Encoding" not in headers
+            and "Expect" not in headers
+            and ("Content-Length" not in headers or len(headers.getall("Content-Length")) == 1)
+        ):
+            return handle(request)
+        return checked(request)
+
+    async def checked(request: BaseRequest) -> web.StreamResponse:
         refusal = _framing_refusal(request) or _expectation_refusal(request)
         if refusal is None:
             try:
@@ -113,7 +131,7 @@ def gate(handle: RawHandler) -> RawHandler:
                 if exc.status < 400:
                     raise
                 request_id = request_id_of(request)
-                response = http_error_response(exc)  # raised outside the middlewares: by the router
+                response = http_error_response(exc)  # raised outside the middleware: by the expect handler
         else:
             status, code, text = refusal
             request_id = request_id_of(request)
@@ -130,7 +148,7 @@ def gate(handle: RawHandler) -> RawHandler:
 
 
 def _framing_refusal(request: BaseRequest) -> tuple[int, str, str] | None:
-    if request.version not in (HttpVersion10, HttpVersion11):
+    if request.version not in _SUPPORTED_VERSIONS:
         return 400, "unsupported_http_version", "Only HTTP/1.0 and HTTP/1.1 are supported."
     headers = request.headers
     lengths = headers.getall("Content-Length", ())

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server.config import IPNetwork
 from server.domain import Principal, ResetNotifier, UserStore
 from server.metrics import Metrics
 from server.recovery import RecoveryService
@@ -49,7 +48,6 @@ class Readiness:
 
 READINESS = web.AppKey("readiness", Readiness)
 ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
-TRUSTED_PROXIES: web.AppKey[tuple[IPNetwork, ...]] = web.AppKey("trusted_proxies")
 
 CLIENT_IP = web.RequestKey("client_ip", str)
 # time.perf_counter() when the request reached the application (uvloop's loop clock counts whole ms).

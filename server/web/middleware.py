@@ -1,14 +1,19 @@
-"""The middlewares, outermost first.
+"""The middleware: one per application, doing for every request, outermost first:
 
-- ``request_context``: gives each request an id and its client IP (resolved through trusted proxies), binds
-  both into the log context, and returns the id in ``X-Request-Id`` beside ``SECURITY_HEADERS``.
-- ``error_mapping``: the one place errors become HTTP responses. Domain errors carry their status and code;
-  aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; a body the client broke off or framed
-  badly is the client's doing, logged in one line at INFO; anything else is logged with its traceback and
-  answered with a bare 500. (``asyncio.CancelledError`` is no Exception and passes through untouched.)
-- ``bearer_auth``: reads an ``Authorization: Bearer`` header on every request (a present but invalid one is
-  401 everywhere), then checks the route's Requirement; a route that checks a bearer token of its own
-  (``/metrics`` and its metrics token) is left to do so.
+- the request context: gives the request an id and its client IP (resolved through trusted proxies), binds
+  both into the log context, and returns the id in ``X-Request-Id`` beside ``SECURITY_HEADERS``;
+- the error mapping (``error_answer``): the one place errors become HTTP responses. Domain errors carry their
+  status and code; aiohttp's own HTTP errors (404, 405, 413, ...) get the same JSON body; a body the client
+  broke off or framed badly is the client's doing, logged in one line at INFO; anything else is logged with
+  its traceback and answered with a bare 500. (``asyncio.CancelledError`` is no Exception and passes through
+  untouched.)
+- the bearer check (``check_bearer``): reads an ``Authorization: Bearer`` header on every request (a present
+  but invalid one is 401 everywhere), then checks the route's Requirement; a route that checks a bearer token
+  of its own (``/metrics`` and its metrics token) is left to do so.
+
+They are steps of one middleware rather than three: each aiohttp middleware is a coroutine and a frame
+around every request, and on a cached ``GET /user`` three of them (with the one aiohttp adds behind them)
+cost more than the bearer check itself.
 """
 
 from __future__ import annotations
@@ -16,17 +21,19 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Mapping, Sequence
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_request import BaseRequest
 
+from server.config import IPNetwork
 from server.domain import InsufficientScope, InvalidForwardedFor, MixauthError
-from server.logs import bind_request
+from server.logs import context_field
 from server.web.bodies import MAX_BODY_BYTES, SECURITY_HEADERS, error_response
 from server.web.client_ip import resolve_client_ip, without_zone
-from server.web.keys import ACCESS_RULES, CLIENT_IP, OPEN, PRINCIPAL, SERVICE, STARTED, TRUSTED_PROXIES
+from server.web.keys import CLIENT_IP, OPEN, PRINCIPAL, SERVICE, STARTED, Requirement
 
 log = structlog.get_logger("mixauth.http")
 
@@ -59,65 +66,84 @@ def http_error_response(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, code, message, headers)
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[STARTED] = time.perf_counter()
-    request_id = request_id_of(request)
-    trusted = request.app[TRUSTED_PROXIES]
-    try:
-        forwarded = request.headers.getall("X-Forwarded-For", ()) if trusted else ()
-        client_ip = resolve_client_ip(request.remote, forwarded, trusted)
-    except InvalidForwardedFor as exc:
-        bind_request(request_id=request_id, client_ip=without_zone(request.remote))
-        log.warning("request.rejected", reason=exc.code)
-        response: web.StreamResponse = error_response(exc.status, exc.code, exc.message)
-    else:
-        request[CLIENT_IP] = client_ip
-        bind_request(request_id=request_id, client_ip=client_ip)
-        response = await handler(request)
-    response.headers["X-Request-Id"] = request_id
-    response.headers.update(SECURITY_HEADERS)
-    return response
+def request_middleware(
+    trusted_proxies: Sequence[IPNetwork], rules: Mapping[str, Requirement] | None = None
+) -> Middleware:
+    """The middleware of an application whose clients' addresses may be forwarded by ``trusted_proxies``, and
+    whose routes' access rules are ``rules`` (by route name; None for an application that leaves bearer tokens
+    to its one route, the metrics listener)."""
+    # The log context's fields of every request, set directly (see server.logs.context_field).
+    request_id_field, client_ip_field = context_field("request_id"), context_field("client_ip")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[STARTED] = time.perf_counter()
+        request_id = request_id_of(request)
+        request_id_field.set(request_id)
+        try:
+            if trusted_proxies:
+                forwarded = request.headers.getall("X-Forwarded-For", ())
+                client_ip = resolve_client_ip(request.remote, forwarded, trusted_proxies)
+            else:
+                client_ip = without_zone(request.remote)
+        except InvalidForwardedFor as exc:
+            client_ip_field.set(without_zone(request.remote))
+            log.warning("request.rejected", reason=exc.code)
+            response: web.StreamResponse = error_response(exc.status, exc.code, exc.message)
+        else:
+            request[CLIENT_IP] = client_ip
+            client_ip_field.set(client_ip)
+            try:
+                if rules is not None:
+                    await check_bearer(request, rules)
+                response = await handler(request)
+            except Exception as exc:
+                response = error_answer(request, exc)
+        headers = response.headers
+        headers["X-Request-Id"] = request_id
+        headers.update(SECURITY_HEADERS)
+        return response
+
+    return middleware
 
 
-@web.middleware
-async def error_mapping(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except MixauthError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a request whose handling raised ``exc``; an HTTP exception below 400 (a redirect) is
+    raised again, for aiohttp to send as it is."""
+    if isinstance(exc, MixauthError):
         return error_response(exc.status, exc.code, exc.message, exc.headers())
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return http_error_response(exc)
-    except ConnectionError:
+    if isinstance(exc, ConnectionError):
         # The client went away while its body was being read (or its answer written): nobody will read
         # this answer, and a client's hang-up is no fault of the server's.
         log.info("request.aborted", method=request.method, route=_route_of(request))
         return error_response(400, "client_disconnected", "The client closed the connection mid-request.")
-    except web.RequestPayloadError:
+    if isinstance(exc, web.RequestPayloadError):
         # The body's own framing broke (a chunk size that is no number, fewer bytes than announced).
         log.info("request.body_unreadable", method=request.method, route=_route_of(request))
         response = error_response(400, *_HTTP_ERRORS[400])
         response.force_close()  # where this body ends is unknown, so nothing after it can be read as a request
         return response
-    except Exception:
-        log.exception("request.failed", method=request.method, path=request.path)
-        return error_response(500, MixauthError.code, MixauthError.default_message)
+    log.error("request.failed", method=request.method, path=request.path, exc_info=exc)
+    return error_response(500, MixauthError.code, MixauthError.default_message)
 
 
-@web.middleware
-async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route_name = request.match_info.route.name
-    requirement = request.app[ACCESS_RULES].get(route_name or "")
+async def check_bearer(request: web.Request, rules: Mapping[str, Requirement]) -> None:
+    """Authenticate the request's bearer token, if it has one, and check the matched route's access rule."""
+    match_info = request.match_info
+    route_name = match_info.route.name
+    requirement = rules.get(route_name or "")
     if requirement is None:
-        if request.match_info.http_exception is None:
+        if match_info.http_exception is None:
             # A route matched but has no access rule: closed, not open (see server.web.routes).
             log.error("authz.denied", reason="no_rule", route=route_name, path=request.path)
             raise InsufficientScope()
         requirement = OPEN  # no route matched: the 404 or 405 is for anyone
     if requirement.own_bearer:
-        return await handler(request)
+        return
     service = request.app[SERVICE]
     headers = request.headers.getall("Authorization", ())
     if headers:
@@ -125,9 +151,10 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
         principal = await service.authenticate(token.strip() if scheme.lower() == "bearer" else "")
         request[PRINCIPAL] = principal
-    if requirement.authenticated or requirement.scopes:
-        service.authorize(request.get(PRINCIPAL), requirement.scopes, route_name)
-    return await handler(request)
+        if requirement.authenticated or requirement.scopes:
+            service.authorize(principal, requirement.scopes, route_name)
+    elif requirement.authenticated or requirement.scopes:
+        service.authorize(None, requirement.scopes, route_name)
 
 
 def _route_of(request: web.Request) -> str | None:

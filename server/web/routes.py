@@ -1,7 +1,7 @@
 """The route table: every path the API serves, its handler, and who may call it, read top to bottom.
 
 Each row names its access rule beside the route, and ``add_routes`` registers both together, so a route
-cannot be added without one. The ``bearer_auth`` middleware refuses a matched route that has no rule all the
+cannot be added without one. The middleware's bearer check refuses a matched route that has no rule all the
 same (closed when in doubt), so a route registered some other way is never open by mistake.
 
 - ``OPEN``: anyone (an ``Authorization`` header that is present must still be valid).
@@ -47,6 +47,8 @@ def api_routes(settings: Settings) -> list[Route]:
         Route("GET", "/health/ready", handlers.health_ready, "health_ready", OPEN),
         Route("GET", "/openapi.json", handlers.get_openapi, "openapi", OPEN),
         Route("POST", "/user/auth", handlers.sign_in, "sign_in", OPEN),
+        # Before POST /user: routes of one path are tried in this order, and this is the most frequent call.
+        Route("GET", "/user", handlers.get_user, "get_user", AUTHENTICATED),
         Route(
             "POST",
             "/user",
@@ -54,7 +56,6 @@ def api_routes(settings: Settings) -> list[Route]:
             "create_user",
             Requirement(scopes=frozenset(settings.api_user_create_scope)),
         ),
-        Route("GET", "/user", handlers.get_user, "get_user", AUTHENTICATED),
         # Users, for admins.
         Route("GET", "/users", admin_handlers.list_users, "list_users", ADMIN),
         Route("GET", "/users/count", admin_handlers.count_users, "count_users", ADMIN),
