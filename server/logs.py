@@ -408,13 +408,17 @@ class _LineWriter:
             pass
 
 
-class _Chain(NamedTuple):
+class _Chain:
     """The processors of one configuration that the direct path uses too, and the one processor (all of them,
-    in turn) that structlog runs."""
+    in turn) that structlog runs. ``retired`` once ``configure_logging`` has configured anew."""
 
-    timestamper: _Timestamper
-    renderer: Processor
-    run: Processor
+    __slots__ = ("renderer", "retired", "run", "timestamper")
+
+    def __init__(self, timestamper: _Timestamper, renderer: Processor, run: Processor) -> None:
+        self.timestamper = timestamper
+        self.renderer = renderer
+        self.run = run
+        self.retired = False
 
 
 class _NamedLineLogger:
@@ -619,6 +623,10 @@ def configure_logging(
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric_level, logging.INFO))
     chain = _Chain(timestamper, renderer, _never_failing([*shared, _add_logger_name, *render]))
+    global _current_chain
+    if _current_chain is not None:
+        _current_chain.retired = True
+    _current_chain = chain
     structlog.configure(
         processors=[chain.run],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
@@ -656,6 +664,35 @@ def context_field(name: str) -> contextvars.ContextVar[Any]:
         structlog.contextvars.bind_contextvars(**{name: Ellipsis})  # structlog's "not bound": made, not bound
         variable = _STRUCTLOG_VARS[STRUCTLOG_KEY_PREFIX + name]
     return variable
+
+
+# The chain configure_logging set last.
+_current_chain: _Chain | None = None
+
+
+class LineLoggerMemo:
+    """``line_logger_of(logger)`` for one user of it that asks on every request (the access log keeps one per
+    connection), remembered while it stays right: until ``configure_logging`` configures anew, or
+    ``capture_logs`` takes the processors over (in place, so the list remembered tells)."""
+
+    __slots__ = ("_line", "_logger", "_processors")
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+        self._line: _NamedLineLogger | None = None
+        self._processors: list[Any] = []
+
+    def get(self) -> _NamedLineLogger | None:
+        line = self._line
+        if line is not None and not line.chain.retired:
+            processors = self._processors
+            if len(processors) == 1 and processors[0] is line.chain.run:
+                return line
+        bound = self._logger.bind()
+        line = self._line = line_logger_of(bound)
+        remembered = getattr(bound, "_processors", None)
+        self._processors = remembered if isinstance(remembered, list) else []
+        return line
 
 
 def line_logger_of(logger: Any) -> _NamedLineLogger | None:

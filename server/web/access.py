@@ -32,7 +32,7 @@ from aiohttp.web_exceptions import HTTPMethodNotAllowed
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from server.logs import line_logger_of
+from server.logs import LineLoggerMemo
 from server.metrics import Metrics
 from server.web.keys import METRICS, STARTED
 
@@ -56,6 +56,7 @@ class AccessLog(AbstractAccessLogger):
         # aiohttp makes one access logger per connection, and a connection serves one application: its
         # metrics, once known (or None when it has none), save looking them up on every request.
         self._metrics: Metrics | object | None = _UNKNOWN
+        self._direct = LineLoggerMemo(self._log)
 
     @property
     def enabled(self) -> bool:
@@ -91,7 +92,7 @@ class AccessLog(AbstractAccessLogger):
         duration_ms = round(time * 1_000_000) / 1000
         fields = {"method": method, "route": route, "status": status, "duration_ms": duration_ms, "bytes": size}
         level = "debug" if quiet else "info"
-        direct = line_logger_of(self._log)
+        direct = self._direct.get()
         if direct is None:  # structlog's chain is not configure_logging's (a test's capture_logs)
             (self._log.debug if quiet else self._log.info)(EVENT, **fields)
             return

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server.domain import BodyNotAnObject, MalformedBody, UnsupportedContentEncoding, UnsupportedMediaType
 from server.jsontext import TooDeep, loads_strict
@@ -21,6 +22,7 @@ _TOO_DEEP = f"The request body must be nested at most {MAX_JSON_DEPTH} levels de
 # "Server" names the product only: aiohttp's own ("Python/3.11 aiohttp/3.14.5") tells a scanner which
 # versions' known bugs to try.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Server": "mixauth"}
+_JSON_HEADERS = CIMultiDict({"Content-Type": "application/json; charset=utf-8"})
 
 
 def _is_json_type(content_type: str) -> bool:
@@ -64,6 +66,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 def json_response(
     data: Mapping[str, Any] | list[Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    if headers is None:  # the common case: aiohttp copies these, already a multidict, at C speed
+        return web.Response(body=_dumps(data), status=status, headers=_JSON_HEADERS)
     return web.Response(
         body=_dumps(data), status=status, headers=headers, content_type="application/json", charset="utf-8"
     )
