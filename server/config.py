@@ -11,7 +11,6 @@ import base64
 import binascii
 import ipaddress
 import re
-import tomllib
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -684,6 +683,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
         ) from None
+    import tomllib  # only where a configuration file is read
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

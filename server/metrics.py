@@ -25,7 +25,6 @@ before the first request could be answered): until then, metrics are these numbe
 
 from __future__ import annotations
 
-import platform
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -126,6 +125,8 @@ class Metrics:
     def registry(self) -> CollectorRegistry:
         """prometheus-client's registry of these metrics (imported and built on first use)."""
         if self._registry is None:
+            import platform
+
             from prometheus_client import CollectorRegistry, Info
 
             registry = CollectorRegistry()

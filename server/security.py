@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import bcrypt
-import jwt
 
 from server.domain import InvalidEmail, InvalidToken, JsonObject, NewUser
 
@@ -271,6 +270,8 @@ class TokenCodec:
         claims = {"id": user_id, "scope": list(scope), "iat": issued_at, "exp": issued_at + self._lifetime}
         if version:
             claims["ver"] = version
+        import jwt  # PyJWT, at the first token issued or checked (see _decode): not before the first answer
+
         return jwt.encode(claims, self._secret, algorithm=TOKEN_ALGORITHM)
 
     def verify(self, token: str) -> TokenClaims:
@@ -293,6 +294,10 @@ class TokenCodec:
         return claims
 
     def _decode(self, token: str) -> TokenClaims:
+        # PyJWT is imported here and in issue, at first use: its import (with its JWKS client's HTTP modules)
+        # would be a tenth of the server's start-up, before the first answer, which needs no token.
+        import jwt
+
         try:
             claims = self._claims(token)
         except jwt.ExpiredSignatureError:
@@ -323,6 +328,8 @@ class TokenCodec:
 
     def _claims(self, token: str) -> dict[str, Any]:
         """The token's claims under the first key whose signature matches (the current secret, then earlier ones)."""
+        import jwt
+
         for key in self._keys[:-1]:
             try:
                 return self._decode_with(token, key)
@@ -332,6 +339,8 @@ class TokenCodec:
 
     @staticmethod
     def _decode_with(token: str, key: bytes) -> dict[str, Any]:
+        import jwt
+
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[TOKEN_ALGORITHM], options={"require": ["id", "iat", "exp"]}
         )

@@ -7,6 +7,7 @@ the whole on both event loops (uvloop, installed here, and asyncio's own, with u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
@@ -163,6 +164,73 @@ async def test_past_the_cap_a_connection_is_reset_at_once_and_counted() -> None:
     finally:
         accepting.cancel()
         listener.close()
+
+
+async def _burst(listener: socket.socket, count: int) -> list[socket.socket]:
+    """``count`` clients connected to ``listener``, waiting in its backlog (the kernel completes the handshake)."""
+    clients = []
+    for _ in range(count):
+        client = socket.socket()
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(listener.getsockname())
+        clients.append(client)
+    await asyncio.sleep(0.05)  # the handshakes, on loopback
+    return clients
+
+
+async def test_a_burst_of_connections_is_taken_from_the_backlog_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One connection per turn of a busy loop had the last of 128 new clients wait most of a second."""
+    loop = asyncio.get_running_loop()
+    waits = 0
+    sock_accept = loop.sock_accept
+
+    async def counted(sock: socket.socket) -> tuple[socket.socket, Any]:
+        nonlocal waits
+        waits += 1
+        return await sock_accept(sock)
+
+    monkeypatch.setattr(loop, "sock_accept", counted)
+    gate = ConnectionGate(_Handler, 100)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    listener.setblocking(False)
+    clients = await _burst(listener, 40)
+    accepting = asyncio.create_task(accept_forever(listener, gate, condition_log(FakeClock())))
+    try:
+        for _ in range(20):  # turns of the loop, not time: each connection is set up in a few of them
+            await asyncio.sleep(0)
+            if gate.open == 40:
+                break
+        assert gate.open == 40
+        assert waits <= 2  # the first wait found all 40; the next one waits for more
+    finally:
+        accepting.cancel()
+        listener.close()
+        for client in clients:
+            client.close()
+
+
+async def test_past_the_cap_a_burst_is_cut_at_the_cap() -> None:
+    conditions = condition_log(FakeClock())
+    gate = ConnectionGate(_Handler, 5)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    listener.setblocking(False)
+    clients = await _burst(listener, 20)
+    accepting = asyncio.create_task(accept_forever(listener, gate, conditions))
+    try:
+        with capture_logs() as logs:
+            for _ in range(20):
+                await asyncio.sleep(0)
+        assert (gate.open, gate.connecting, gate.full) == (5, 0, True)
+        assert [(log["event"], log["count"]) for log in logs] == [("connections.refused", 1)]
+        with capture_logs() as logs:
+            conditions.flush(final=True)
+        assert [(log["event"], log["count"]) for log in logs] == [("connections.refused", 14)]  # the others
+    finally:
+        accepting.cancel()
+        listener.close()
+        for client in clients:
+            client.close()
 
 
 async def test_accept_failures_are_counted_and_paused_not_logged_each(monkeypatch: pytest.MonkeyPatch) -> None:
