@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from server.logs import configure_logging
 from tests.conftest import PASSWORD, ClientFactory, bearer, sign_up
@@ -127,3 +128,23 @@ async def test_nothing_bound_for_one_request_reaches_the_next_on_the_same_connec
     lines = [line for line in log_lines(stream) if line["event"] == "http.request"]
     assert [("user_id" in line) for line in lines] == [True, True, False]
     assert len({line["request_id"] for line in lines}) == 3
+
+
+async def test_a_kept_alive_connection_follows_a_new_logging_configuration(make_client: ClientFactory) -> None:
+    """The access log remembers its line logger per connection; configuring logging anew, or capture_logs,
+    between two requests on one connection is seen by the second."""
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("info", stream=first)
+    client = await make_client()
+    token = await sign_up(client)
+    assert (await client.get("/user", headers=bearer(token))).status == 200
+    configure_logging("info", stream=second)
+    assert (await client.get("/user", headers=bearer(token))).status == 200
+    with capture_logs() as captured:
+        assert (await client.get("/user", headers=bearer(token))).status == 200
+    assert (await client.get("/user", headers=bearer(token))).status == 200
+    assert [line["event"] for line in log_lines(first)][-1] == "http.request"
+    assert [line["route"] for line in log_lines(second) if line["event"] == "http.request"] == ["/user", "/user"]
+    assert [entry["route"] for entry in captured if entry["event"] == "http.request"] == ["/user"]
+    assert client.session.connector is not None
+    assert len(client.session.connector._conns) == 1  # one connection, kept alive

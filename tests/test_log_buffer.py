@@ -141,6 +141,34 @@ async def test_a_line_logged_off_the_loop_goes_out_at_once_after_the_loops_pendi
     assert events(stream) == ["on.the.loop", "from.a.thread"]
 
 
+async def test_threads_logging_while_the_loop_logs_lose_and_repeat_no_line() -> None:
+    """The loop's thread appends without the lock while other threads write everything pending: every line
+    is written once, each source's lines in the order it logged them."""
+    stream = io.StringIO()
+    configure_logging("info", stream=stream, buffered=True)
+    log = structlog.get_logger("mixauth.test")
+
+    def from_a_thread(name: str) -> None:
+        for number in range(400):
+            log.info(name, number=number)
+
+    workers = [threading.Thread(target=from_a_thread, args=(f"thread.{n}",)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for number in range(2000):
+        log.info("loop", number=number)
+        if number % 7 == 0:
+            await next_turn()
+    for worker in workers:
+        worker.join()
+    await next_turn()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    by_source: dict[str, list[int]] = {}
+    for line in lines:
+        by_source.setdefault(line["event"], []).append(line["number"])
+    assert by_source == {"loop": list(range(2000)), **{f"thread.{n}": list(range(400)) for n in range(4)}}
+
+
 def test_outside_a_running_loop_every_line_is_written_at_once() -> None:
     stream = io.StringIO()
     configure_logging("info", stream=stream, buffered=True)

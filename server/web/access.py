@@ -31,10 +31,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_exceptions import HTTPMethodNotAllowed
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from server.logs import LineLoggerMemo
 from server.metrics import Metrics
-from server.web.keys import METRICS, STARTED
+from server.web.keys import CONTEXT, METRICS
 
 EVENT = "http.request"
 # Probes and scrapes arrive every few seconds.
@@ -57,6 +58,7 @@ class AccessLog(AbstractAccessLogger):
         # metrics, once known (or None when it has none), save looking them up on every request.
         self._metrics: Metrics | object | None = _UNKNOWN
         self._direct = LineLoggerMemo(self._log)
+        self._routes: dict[AbstractRoute, str | None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -67,10 +69,20 @@ class AccessLog(AbstractAccessLogger):
         # aiohttp's own figure comes from the loop's clock, whole ms under uvloop. (A try is cheaper than
         # contextlib.suppress, and than request.get, on every request.)
         try:  # noqa: SIM105
-            time = perf_counter() - request[STARTED]
+            time = perf_counter() - request[CONTEXT].started
         except KeyError:  # a request the middleware never saw
             pass
-        route = route_of(request)
+        try:  # the route's pattern, remembered per route: a connection mostly asks for the same few
+            matched = request.match_info.route  # type: ignore[attr-defined]
+        except (AttributeError, AssertionError):  # refused by the parser: it never reached the router
+            route = None
+        else:
+            if matched in self._routes:
+                route = self._routes[matched]
+            else:
+                route = route_of(request)
+                if matched.resource is not None:  # not a 404's or 405's route, made for that one request
+                    self._routes[matched] = route
         method, status = request.method, response.status
         known = method in KNOWN_METHODS
         metrics = self._metrics

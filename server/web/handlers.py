@@ -9,12 +9,12 @@ import structlog
 from aiohttp import web
 
 from server import validation
-from server.domain import AuthenticationRequired, InvalidToken, NotReady
+from server.domain import AuthenticationRequired, InvalidToken, NotReady, Principal
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.service import PasswordChange
 from server.views import user_details, user_summary
 from server.web.bodies import SECURITY_HEADERS, json_response, read_json_object
-from server.web.keys import CLIENT_IP, METRICS, METRICS_TOKEN, PRINCIPAL, READINESS, SERVICE
+from server.web.keys import CONTEXT, METRICS, METRICS_TOKEN, READINESS, SERVICE
 from server.web.openapi import OPENAPI_DOCUMENT
 
 log = structlog.get_logger("mixauth.health")
@@ -27,18 +27,26 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 async def sign_in(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    result = await request.app[SERVICE].sign_in(body, request[CLIENT_IP])
+    result = await request.app[SERVICE].sign_in(body, request[CONTEXT].client_ip)
     return json_response({"user": user_summary(result.user), "token": result.token}, headers=NO_STORE)
 
 
 async def create_user(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    token = await request.app[SERVICE].sign_up(body, request[CLIENT_IP], request.get(PRINCIPAL))
+    token = await request.app[SERVICE].sign_up(body, request[CONTEXT].client_ip, request[CONTEXT].principal)
     return json_response({"token": token}, headers=NO_STORE)
 
 
 async def get_user(request: web.Request) -> web.Response:
-    return json_response(user_details(request[PRINCIPAL].user))
+    return json_response(user_details(principal_of(request).user))
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who sent the request: the middleware's bearer check found one before any authenticated route runs."""
+    principal = request[CONTEXT].principal
+    if principal is None:  # an authenticated route registered without its rule would be refused before this
+        raise AuthenticationRequired()
+    return principal
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -95,10 +103,10 @@ async def change_password(request: web.Request) -> web.Response:
         old_password=validation.required_string(body, "oldPassword"),
         new_password=validation.required_string(body, "newPassword"),
     )
-    token = await request.app[SERVICE].change_password(request[PRINCIPAL], change, request[CLIENT_IP])
+    token = await request.app[SERVICE].change_password(principal_of(request), change, request[CONTEXT].client_ip)
     return json_response({"token": token}, headers=NO_STORE)
 
 
 async def log_out(request: web.Request) -> web.Response:
-    await request.app[SERVICE].log_out(request[PRINCIPAL])
+    await request.app[SERVICE].log_out(principal_of(request))
     return json_response({})

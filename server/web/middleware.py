@@ -34,7 +34,7 @@ from server.domain import InsufficientScope, InvalidForwardedFor, MixauthError
 from server.logs import context_field
 from server.web.bodies import MAX_BODY_BYTES, SECURITY_HEADERS, error_response
 from server.web.client_ip import resolve_client_ip, without_zone
-from server.web.keys import CLIENT_IP, OPEN, PRINCIPAL, SERVICE, STARTED, Requirement
+from server.web.keys import CONTEXT, OPEN, SERVICE, RequestContext, Requirement
 
 log = structlog.get_logger("mixauth.http")
 
@@ -81,7 +81,7 @@ def request_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[STARTED] = time.perf_counter()
+        started = time.perf_counter()
         request_id = request_id_of(request)
         request_id_field.set(request_id)
         try:
@@ -92,15 +92,17 @@ def request_middleware(
                 peer = request.remote
                 client_ip = peer.partition("%")[0] if peer is not None else "unknown"
         except InvalidForwardedFor as exc:
-            client_ip_field.set(without_zone(request.remote))
+            peer_ip = without_zone(request.remote)
+            request[CONTEXT] = RequestContext(started, peer_ip)
+            client_ip_field.set(peer_ip)
             log.warning("request.rejected", reason=exc.code)
             response: web.StreamResponse = error_response(exc.status, exc.code, exc.message)
         else:
-            request[CLIENT_IP] = client_ip
+            request[CONTEXT] = context = RequestContext(started, client_ip)
             client_ip_field.set(client_ip)
             try:
                 if rules is not None:
-                    await check_bearer(request, rules)
+                    await check_bearer(request, context, rules)
                 response = await handler(request)
             except Exception as exc:
                 response = error_answer(request, exc)
@@ -137,8 +139,9 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     return error_response(500, MixauthError.code, MixauthError.default_message)
 
 
-async def check_bearer(request: web.Request, rules: Mapping[str, Requirement]) -> None:
-    """Authenticate the request's bearer token, if it has one, and check the matched route's access rule."""
+async def check_bearer(request: web.Request, context: RequestContext, rules: Mapping[str, Requirement]) -> None:
+    """Authenticate the request's bearer token, if it has one (its principal goes into ``context``), and check
+    the matched route's access rule."""
     match_info = request.match_info
     route_name = match_info.route.name
     requirement = rules.get(route_name or "")
@@ -155,8 +158,8 @@ async def check_bearer(request: web.Request, rules: Mapping[str, Requirement]) -
     if headers:
         # Two Authorization headers are ambiguous (proxies may pick either): refused like a bad token.
         scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
-        principal = await service.authenticate(token.strip() if scheme.lower() == "bearer" else "")
-        request[PRINCIPAL] = principal
+        bearer = token.strip() if scheme.lower() == "bearer" else ""
+        principal = context.principal = await service.authenticate(bearer)
         if requirement.scopes:  # a principal is all that an authenticated route asks
             service.authorize(principal, requirement.scopes, route_name)
     elif requirement.authenticated or requirement.scopes:

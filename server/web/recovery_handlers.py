@@ -10,7 +10,7 @@ from server import validation
 from server.domain import InvalidEmail
 from server.recovery import ForgotPassword, PasswordReset
 from server.web.bodies import json_response, read_json_object
-from server.web.keys import CLIENT_IP, RECOVERY
+from server.web.keys import CONTEXT, RECOVERY
 
 
 def forgot_password_input(body: dict[str, Any]) -> ForgotPassword:
@@ -32,11 +32,11 @@ def password_reset_input(body: dict[str, Any]) -> PasswordReset:
 
 async def forgot_password(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    await request.app[RECOVERY].forgot(forgot_password_input(body), request[CLIENT_IP])
+    await request.app[RECOVERY].forgot(forgot_password_input(body), request[CONTEXT].client_ip)
     return json_response({})
 
 
 async def reset_forgotten_password(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    await request.app[RECOVERY].reset(password_reset_input(body), request[CLIENT_IP])
+    await request.app[RECOVERY].reset(password_reset_input(body), request[CONTEXT].client_ip)
     return json_response({})
