@@ -162,7 +162,7 @@ def serve(settings: Settings) -> int:
 
 
 def _event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
-    """uvloop when it is installed (pip install 'mixauth[uvloop]'), else asyncio's own loop."""
+    """uvloop when it is installed (a dependency wherever it installs), else asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
