@@ -115,7 +115,7 @@ def _discard_stdout() -> None:
 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdin: TextIO | None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    # Without arguments: serve, with nothing from the command line (and without argparse's import).
+    # Without arguments: serve, with nothing from the command line (and without building the parser).
     args: Any = types.SimpleNamespace(command=None, config=None, data_dir=None, host=None, port=None)
     if arguments:
         from server.arguments import UsageError, build_parser

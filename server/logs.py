@@ -344,9 +344,10 @@ class _LineWriter:
     one flush with ``call_soon``, which runs first in the loop's next iteration, so every line of the turn
     goes out in one write (one system call for a turn that answered many requests), and no line waits past
     the next iteration, busy or idle. A line logged anywhere else (another thread, before the loop starts,
-    after it stops) writes everything pending, then itself, at once; so does the process's exit. One lock
-    orders the lines of both paths and of every thread into one stream. A ``kill -9`` loses at most the
-    lines of the loop turn it interrupts.
+    after it stops) writes everything pending, then itself, at once; so does the process's exit. Lines go
+    into one queue in the order they were logged, by every path and thread (the loop's own thread, once its
+    turn's flush is scheduled, without taking the lock), and one lock orders the writes. A ``kill -9`` loses
+    at most the lines of the loop turn it interrupts.
     """
 
     def __init__(self, stream: TextIO, *, buffered: bool = False) -> None:
@@ -450,7 +451,7 @@ class _NamedLineLogger:
         """
         try:
             context: str | None = None
-            if members is not None:  # the request context, if it is plain (see _plain_context), inline
+            if members is not None:  # the request context, as members, if it is plain (see _plain_identifier)
                 context = ""
                 count, variables = _context_cache
                 for name, variable, name_is_plain in (
