@@ -628,7 +628,9 @@ async def test_real_answers_match_the_document(make_client: ClientFactory, recei
 # Timing
 
 
-ROUNDS = 101
+# Rounds enough that the medians hold when the shared machine is busy for part of the test (101 rounds, about a
+# second, once gave 0.61 against 0.49 ms in CI where the same code measures within 6 %).
+ROUNDS = 301
 TOLERANCE = 0.25
 
 
