@@ -30,7 +30,6 @@ from server.web import handlers
 from server.web.bodies import MAX_BODY_BYTES
 from server.web.connection import serve_json_errors
 from server.web.keys import (
-    ACCESS_RULES,
     METRICS,
     METRICS_TOKEN,
     READINESS,
@@ -121,7 +120,6 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
         handler_args={"auto_decompress": False},
     )
     serve_json_errors(app)
-    app[ACCESS_RULES] = rules
     background = app[BACKGROUND] = BackgroundTasks()  # reset-code deliveries, drained before the store closes
 
     async def services(app: web.Application) -> AsyncIterator[None]:
@@ -173,7 +171,7 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic, wall_clock:
     app.cleanup_ctx.append(webhook_context(settings))  # the session outlives the deliveries ...
     app.cleanup_ctx.append(services)
     app.cleanup_ctx.append(background.drained)  # ... which end before the store closes
-    add_routes(app, api_routes(settings))
+    add_routes(app, rules, api_routes(settings))
     return app
 
 

@@ -47,7 +47,6 @@ class Readiness:
 
 
 READINESS = web.AppKey("readiness", Readiness)
-ACCESS_RULES = web.AppKey("access_rules", dict[str, Requirement])
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 from server.config import Settings
 from server.service import ADMIN_SCOPE
 from server.web import admin_handlers, handlers, recovery_handlers
-from server.web.keys import ACCESS_RULES, OPEN, Requirement
+from server.web.keys import OPEN, Requirement
 
 AUTHENTICATED = Requirement(authenticated=True)
 ADMIN = Requirement(authenticated=True, scopes=frozenset({ADMIN_SCOPE}))
@@ -80,9 +80,8 @@ def api_routes(settings: Settings) -> list[Route]:
     return routes
 
 
-def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
-    """Register each route with its access rule (``app[ACCESS_RULES]``)."""
-    rules = app[ACCESS_RULES]
+def add_routes(app: web.Application, rules: dict[str, Requirement], routes: Iterable[Route]) -> None:
+    """Register each route, and its access rule in ``rules`` (the middleware's, by route name)."""
     for route in routes:
         if route.name in rules:
             raise ValueError(f"two routes are named {route.name!r}")
