@@ -67,7 +67,7 @@ _EVENTS = ("mixauth_auth_events", "Auth events (the JSON log's event names), by 
 _BUCKET_NAMES = [str(float(bound)) for bound in LATENCY_BUCKETS] + ["+Inf"]
 
 
-class _Series:
+class RequestSeries:
     """One (route, method, status): its count, latency sum and latency counts per bucket (not cumulative)."""
 
     __slots__ = ("buckets", "count", "created", "total")
@@ -78,13 +78,19 @@ class _Series:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: above every bound
         self.created = time.time()
 
+    def observe(self, seconds: float) -> None:
+        """One more request answered in ``seconds``."""
+        self.count += 1
+        self.total += seconds
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
 
 class _Counts:
     """The request and auth-event counters, as prometheus-client's Counter and Histogram would expose them (a
     prometheus-client collector)."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], _Series] = {}
+        self.requests: dict[tuple[str, str, int], RequestSeries] = {}
         self.events: dict[tuple[str, str], list[float]] = {}  # [count, created]
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
@@ -148,12 +154,15 @@ class Metrics:
             counted[0] += 1
 
     def request_answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests(route, method, status).observe(seconds)
+
+    def requests(self, route: str, method: str, status: int) -> RequestSeries:
+        """The series of requests to ``route`` with ``method`` answered with ``status``, made at first use: the
+        access log keeps the ones it counts in, per connection."""
         series = self._counts.requests.get((route, method, status))
         if series is None:
-            series = self._counts.requests[(route, method, status)] = _Series()
-        series.count += 1
-        series.total += seconds
-        series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            series = self._counts.requests[(route, method, status)] = RequestSeries()
+        return series
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as the gauge ``name`` at every scrape."""

@@ -13,8 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
+from server.web.connection import routed
 from server.web.keys import SERVICE
 from server.web.middleware import request_middleware
+from tests.conftest import sign_up
 from tests.process import start_server
 
 ERROR_KEYS = {"error", "message", "statusCode", "code"}
@@ -138,14 +140,14 @@ async def test_success_bodies_never_contain_an_error_key(client: TestClient[Any,
 # Compressed and broken bodies, and answers made outside the middlewares (issue 11, sections 3 and 5).
 
 
-async def raw_exchange(client: TestClient[Any, Any], data: bytes, *, then: bytes = b"") -> bytes:
-    """Send ``data`` on a fresh connection to the test server (and ``then`` once it has answered
+async def raw_exchange(client: TestClient[Any, Any], data: bytes, *, then: bytes | None = None) -> bytes:
+    """Send ``data`` on a fresh connection to the test server (and ``then``, if given, once it has answered
     ``100 Continue``), and read until its final answer is complete or it closes the connection."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         writer.write(data)
         received = b""
-        if then:
+        if then is not None:
             received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert received.startswith(b"HTTP/1.1 100 "), received
             writer.write(then)
@@ -251,6 +253,42 @@ async def test_a_broken_chunked_body_is_a_400(client: TestClient[Any, Any], log_
     )
     assert_json_error(raw, 400, "bad_request")
     assert not [line for line in log_guard if '"exception"' in line or '"level": "error"' in line]
+
+
+@pytest.mark.parametrize("path", ["/user", "/user/auth", "/nope", "/health/live"])
+async def test_a_request_with_100_continue_is_answered_as_one_without(client: TestClient[Any, Any], path: str) -> None:
+    """Requests without an Expect header take the shorter road to the middleware (``routed``), the others
+    aiohttp's own (``Application._handle``): both answer alike, with the JSON error body and headers."""
+    token = await sign_up(client)
+    head = f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n".encode()
+    answers = [parse_answer(await raw_exchange(client, head + b"\r\n"))]
+    # aiohttp says "100 Continue" first (for a GET, too): the final answer follows.
+    answers.append(parse_answer(await raw_exchange(client, head + EXPECT + b"\r\n", then=b"")))
+    for _, headers, _ in answers:
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["server"] == "mixauth"
+        assert len(headers["x-request-id"]) == 32
+    assert [(status, body) for status, _, body in answers[1:]] == [(status, body) for status, _, body in answers[:1]]
+
+
+EXPECT = b"Expect: 100-continue\r\n"
+
+
+def test_only_an_application_with_one_middleware_and_no_sub_application_is_routed_directly() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response()
+
+    def application(middlewares: int, sub_application: bool = False) -> web.Application:
+        app = web.Application(middlewares=[request_middleware(())] * middlewares)
+        app.router.add_get("/", handler)
+        if sub_application:
+            app.add_subapp("/sub", web.Application())
+        return app
+
+    assert routed(application(1)) is not None
+    assert routed(application(0)) is None
+    assert routed(application(2)) is None
+    assert routed(application(1, sub_application=True)) is None
 
 
 async def test_the_middleware_lets_a_cancellation_through() -> None:

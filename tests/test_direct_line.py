@@ -9,31 +9,55 @@ from __future__ import annotations
 import contextvars
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
+from structlog.contextvars import _CONTEXT_VARS
 from structlog.testing import capture_logs
 
-from server.logs import bind_request, configure_logging, line_logger_of
+from server import logs
+from server.logs import bind_request, configure_logging, context_field, line_logger_of
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
 FIELDS = {"method": "GET", "route": "/user", "status": 200, "duration_ms": 0.25, "bytes": 138}
 
 
-def both_lines(request_id: str, **extra: Any) -> tuple[str, str]:
-    """One line through structlog's chain and one through the direct path, with the same context."""
+# FIELDS as the access log renders them for the direct path's text: its own words and numbers.
+MEMBERS = '"method":"GET","route":"/user","status":200,"duration_ms":0.25,"bytes":138'
+
+
+def both_lines(
+    request_id: Any,
+    *,
+    members: str | None = None,
+    rendered: list[str] | None = None,
+    unbound: tuple[str, ...] = (),
+    **extra: Any,
+) -> tuple[str, str]:
+    """One line through structlog's chain and one through the direct path, with the same context; the direct
+    path's calls of the renderer, if any, go to ``rendered``."""
     stream = io.StringIO()
     configure_logging("debug", stream=stream)
     log = structlog.get_logger("mixauth.access")
 
     def log_both() -> None:
         bind_request(request_id=request_id, client_ip="127.0.0.1", **extra)
+        for name in unbound:
+            context_field(name)
         log.info("http.request", **FIELDS)
         direct = line_logger_of(log)
         assert direct is not None
-        direct.emit("info", "http.request", dict(FIELDS))
+        renderer = direct.chain.renderer
+
+        def counted(*args: Any) -> Any:
+            (rendered if rendered is not None else []).append("rendered")
+            return renderer(*args)
+
+        direct.chain.renderer = counted
+        direct.emit("info", "http.request", dict(FIELDS), members=members)
 
     contextvars.copy_context().run(log_both)  # a context of its own: nothing bound leaks into other tests
     chain, direct = stream.getvalue().splitlines()
@@ -65,6 +89,61 @@ def test_the_direct_line_is_redacted_as_every_line_is() -> None:
     assert token_like not in direct
     assert "s3cr3t-value" not in direct
     assert without_timestamp(direct) == without_timestamp(chain)
+
+
+@pytest.fixture
+def only_these_context_fields() -> Iterator[None]:
+    """structlog's context variables made during the test only: the fields bound before (by other tests, in
+    this process) are neither bound nor present meanwhile, as in a server that binds only its own.
+
+    structlog only ever adds variables, so the logging module notices new ones by their count: it is told
+    here, where they are taken away.
+    """
+    saved = dict(_CONTEXT_VARS)
+    _CONTEXT_VARS.clear()
+    logs._context = logs._build_context()
+    try:
+        yield
+    finally:
+        _CONTEXT_VARS.clear()
+        _CONTEXT_VARS.update(saved)
+        logs._context = logs._build_context()
+
+
+@pytest.mark.usefixtures("only_these_context_fields")
+@pytest.mark.parametrize(
+    ("request_id", "extra", "unbound", "as_text"),
+    [
+        # Every field plain, all bound (the server's authenticated request) or one made but not bound.
+        ("de0fc050de4f4e2efa9c9947dc54a8d2", {"user_id": "6b0a7249ecdc3bd70541b10a"}, (), True),
+        ("de0fc050de4f4e2efa9c9947dc54a8d2", {}, ("user_id",), True),
+        ("unknown", {"user_id": "::1"}, (), True),
+        # Not plain: the renderer sees the line (and redacts a token-like request id).
+        ("eyJhbGciOiJIUzI1NiJ9.eyJpZCI6IjEifQ.c2lnbmF0dXJl", {}, (), False),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJpZCI6IjEifQ.c2lnbmF0dXJl", {}, ("user_id",), False),
+        ("abc\x1fdef", {"user_id": "6b0a"}, (), False),  # holds the separator the values are checked with
+        ("abc\x1fdef", {}, ("user_id",), False),
+        ('abc"def', {}, (), False),  # would end the JSON string
+        (12345, {"user_id": "6b0a"}, (), False),  # not a string
+        (None, {}, ("user_id",), False),
+        ("de0fc050", {"status": "made-up"}, (), False),  # a context field the line's own fields hold: the field wins
+        ("de0fc050", {"status": "made-up"}, ("user_id",), False),
+        ("de0fc050", {"api_token": "abc123"}, (), False),  # a name like a secret's
+        ("de0fc050", {"api_token": "abc123"}, ("user_id",), False),
+        ("de0fc050", {"Odd-Name": "abc"}, (), False),  # a name the text path does not vouch for
+        ("de0fc050", {}, ("Odd-Name", "api_token"), True),  # such names, made but not bound, are not written
+    ],
+)
+def test_the_line_put_together_as_text_is_the_chains_line(
+    request_id: Any, extra: dict[str, Any], unbound: tuple[str, ...], as_text: bool
+) -> None:
+    rendered: list[str] = []
+    chain, direct = both_lines(request_id, members=MEMBERS, rendered=rendered, unbound=unbound, **extra)
+    assert without_timestamp(direct) == without_timestamp(chain)
+    assert list(json.loads(direct)) == list(json.loads(chain))  # the same keys in the same order
+    assert rendered == ([] if as_text else ["rendered"])
+    assert "eyJ" not in direct
+    assert "abc123" not in direct
 
 
 def test_no_direct_path_where_the_chain_is_not_configure_loggings() -> None:

@@ -20,10 +20,9 @@ parser refused reach no application: they are logged (with no route) but not cou
 
 from __future__ import annotations
 
-import functools
 import logging
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -32,9 +31,10 @@ from aiohttp.web_exceptions import HTTPMethodNotAllowed
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_urldispatcher import AbstractRoute
+from multidict import istr
 
 from server.logs import LineLoggerMemo
-from server.metrics import Metrics
+from server.metrics import Metrics, RequestSeries
 from server.web.keys import CONTEXT, METRICS
 
 EVENT = "http.request"
@@ -43,9 +43,29 @@ QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 # Methods are a label of the request metrics; any other is counted as "other", so that made-up methods
 # cannot multiply the metric's series.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Below it, repr() writes a non-negative float as JSON does (above, it switches to an exponent: 1e+16).
-LARGEST_PLAIN_FLOAT = 1e15
+# Below it (in whole microseconds), repr() writes a duration in ms as JSON does (above, with an exponent).
+LARGEST_PLAIN_MICROSECONDS = 10**18
+# Durations as written, by whole microseconds: most requests take one of a few thousand (repr() of a float
+# costs four times a look-up here).
+_DURATIONS: dict[int, str] = {}
+MAX_DURATIONS = 10_000
+# What a connection remembers of each (route, method, status) it answered, at most.
+MAX_KINDS = 64
+_CONTENT_LENGTH = istr("Content-Length")
 _UNKNOWN = object()
+
+
+class _Kind(NamedTuple):
+    """What every answer of one route, method and status has in common, as the access log writes and counts it."""
+
+    route: str | None
+    series: RequestSeries | None  # None without metrics, or for a request no application took
+    quiet: bool
+    levelno: int
+    level: str
+    # The line's first members, up to the status (``"method":"GET","route":"/user","status":200,``), for a
+    # known method: None for a method the client made up, which takes the renderer's path.
+    head: str | None
 
 
 class AccessLog(AbstractAccessLogger):
@@ -54,11 +74,11 @@ class AccessLog(AbstractAccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        # aiohttp makes one access logger per connection, and a connection serves one application: its
-        # metrics, once known (or None when it has none), save looking them up on every request.
+        # aiohttp makes one access logger per connection, and a connection serves one application and mostly
+        # asks for the same few things: what it answered, by (route, method, status), is remembered here.
         self._metrics: Metrics | object | None = _UNKNOWN
         self._direct = LineLoggerMemo(self._log)
-        self._routes: dict[AbstractRoute, str | None] = {}
+        self._kinds: dict[tuple[AbstractRoute | None, str, int], _Kind] = {}
 
     @property
     def enabled(self) -> bool:
@@ -72,18 +92,41 @@ class AccessLog(AbstractAccessLogger):
             time = perf_counter() - request[CONTEXT].started
         except KeyError:  # a request the middleware never saw
             pass
-        try:  # the route's pattern, remembered per route: a connection mostly asks for the same few
+        try:
             matched = request.match_info.route  # type: ignore[attr-defined]
         except (AttributeError, AssertionError):  # refused by the parser: it never reached the router
-            route = None
-        else:
-            if matched in self._routes:
-                route = self._routes[matched]
-            else:
-                route = route_of(request)
-                if matched.resource is not None:  # not a 404's or 405's route, made for that one request
-                    self._routes[matched] = route
+            matched = None
         method, status = request.method, response.status
+        kind = self._kinds.get((matched, method, status))
+        if kind is None:
+            kind = self._kind(request, matched, method, status)
+        if kind.series is not None:
+            kind.series.observe(time)
+        if not self._level_source.isEnabledFor(kind.levelno):
+            return
+        length = response.headers.get(_CONTENT_LENGTH)  # what aiohttp wrote from the body's size
+        size = int(length) if length is not None and length.isdigit() and length.isascii() else _size(response)
+        microseconds = round(time * 1_000_000)
+        fields = {"method": method, "route": kind.route, "status": status, "duration_ms": microseconds / 1000}
+        fields["bytes"] = size
+        direct = self._direct.get()
+        if direct is None:  # structlog's chain is not configure_logging's (a test's capture_logs)
+            (self._log.debug if kind.quiet else self._log.info)(EVENT, **fields)
+            return
+        # The same line without structlog's per-call work; put together as text from this code's own words and
+        # numbers, but for a method the client made up.
+        members = None
+        if kind.head is not None and 0 <= microseconds < LARGEST_PLAIN_MICROSECONDS:
+            duration = _DURATIONS.get(microseconds)
+            if duration is None:
+                if len(_DURATIONS) >= MAX_DURATIONS:
+                    _DURATIONS.clear()
+                duration = _DURATIONS[microseconds] = repr(microseconds / 1000)
+            members = f'{kind.head}"duration_ms":{duration},"bytes":{size}'
+        direct.emit(kind.level, EVENT, fields, members=members)
+
+    def _kind(self, request: BaseRequest, matched: AbstractRoute | None, method: str, status: int) -> _Kind:
+        route = route_of(request) if matched is not None else None
         known = method in KNOWN_METHODS
         metrics = self._metrics
         if metrics is _UNKNOWN:
@@ -91,35 +134,26 @@ class AccessLog(AbstractAccessLogger):
             metrics = app.get(METRICS)
             if app:  # not a request the parser refused, which no application took
                 self._metrics = metrics
+        series = None
         if isinstance(metrics, Metrics):
-            metrics.request_answered(route or "unmatched", method if known else "other", status, time)
+            series = metrics.requests(route or "unmatched", method if known else "other", status)
         # A probe or a scrape is quiet; a wrong method on their paths is not one.
         quiet = route in QUIET_ROUTES and status != HTTPMethodNotAllowed.status_code
-        if not self._level_source.isEnabledFor(logging.DEBUG if quiet else logging.INFO):
-            return
-        size = response.content_length  # a property that parses the header: read once
-        if size is None:
-            size = response.body_length
-        # Whole microseconds, in ms: round() to an integer costs a fifth of round() to 3 digits.
-        duration_ms = round(time * 1_000_000) / 1000
-        fields = {"method": method, "route": route, "status": status, "duration_ms": duration_ms, "bytes": size}
-        level = "debug" if quiet else "info"
-        direct = self._direct.get()
-        if direct is None:  # structlog's chain is not configure_logging's (a test's capture_logs)
-            (self._log.debug if quiet else self._log.info)(EVENT, **fields)
-            return
-        # The same line without structlog's per-call work; put together as text from this code's own words and
-        # numbers, but for a method the client made up (and a float repr() would write unlike JSON).
-        members = None
-        if known and 0 <= duration_ms < LARGEST_PLAIN_FLOAT:
-            members = f'{_head(method, route)}{status},"duration_ms":{duration_ms!r},"bytes":{size}'
-        direct.emit(level, EVENT, fields, members=members)
+        head = None
+        if known:
+            head = f'"method":{orjson.dumps(method).decode()},"route":{orjson.dumps(route).decode()},"status":{status},'
+        kind = _Kind(route, series, quiet, logging.DEBUG if quiet else logging.INFO, "debug" if quiet else "info", head)
+        # Not a 404's or 405's route, made for that one request (nor a request the parser refused).
+        if matched is not None and matched.resource is not None:
+            if len(self._kinds) >= MAX_KINDS:
+                self._kinds.clear()
+            self._kinds[(matched, method, status)] = kind
+        return kind
 
 
-@functools.lru_cache(maxsize=1024)
-def _head(method: str, route: str | None) -> str:
-    """The line's first members, up to the status: one per known method and route."""
-    return f'"method":{orjson.dumps(method).decode()},"route":{orjson.dumps(route).decode()},"status":'
+def _size(response: StreamResponse) -> int:
+    size = response.content_length  # a property that parses the header: read once
+    return response.body_length if size is None else size
 
 
 def _app_of(request: BaseRequest) -> Any:

@@ -105,8 +105,10 @@ class JsonErrorServer(web.Server):
         return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
-def gate(handle: RawHandler) -> RawHandler:
-    """``handle`` (the application), behind the framing and expectation checks every request passes first."""
+def gate(handle: RawHandler, common: RawHandler | None = None) -> RawHandler:
+    """``handle`` (the application), behind the framing and expectation checks every request passes first;
+    ``common``, if given, serves the requests that pass them all and carry no ``Expect`` header."""
+    serve = common or handle
 
     def gated(request: BaseRequest) -> Awaitable[web.StreamResponse]:
         # The common request (HTTP/1.1 or 1.0, at most one Content-Length, no Transfer-Encoding, no Expect) goes
@@ -119,7 +121,7 @@ def gate(handle: RawHandler) -> RawHandler:
             and "Expect" not in headers
             and ("Content-Length" not in headers or len(headers.getall("Content-Length")) == 1)
         ):
-            return handle(request)
+            return serve(request)
         return checked(request)
 
     async def checked(request: BaseRequest) -> web.StreamResponse:
@@ -172,6 +174,29 @@ def _expectation_refusal(request: BaseRequest) -> tuple[int, str, str] | None:
     return 417, "expectation_failed", "Only the expectation 100-continue is supported."
 
 
+def routed(app: web.Application) -> RawHandler | None:
+    """What ``Application._handle`` does with a request without an ``Expect`` header, for an application with
+    one middleware and no sub-application (mixauth's), without aiohttp's per-request machinery around the
+    middleware: a loop lookup, building the middleware chain (a cache keyed by a tuple of applications) and
+    a second middleware of aiohttp's own that sets the request's current application, which is already this
+    one. None for any other application: ``_handle`` serves it.
+    """
+    middlewares = tuple(app.middlewares)
+    if len(middlewares) != 1 or any(isinstance(r, web.PrefixedSubAppResource) for r in app.router.resources()):
+        return None
+    (middleware,) = middlewares
+    resolve = app.router.resolve
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        match_info = await resolve(request)  # type: ignore[arg-type]
+        match_info.add_app(app)
+        match_info.freeze()
+        request._match_info = match_info  # type: ignore[attr-defined]
+        return await middleware(request, match_info.handler)  # type: ignore[arg-type]
+
+    return handle
+
+
 def serve_json_errors(app: web.Application) -> None:
     """Make every server that runs ``app`` a JsonErrorServer whose requests pass the gate."""
     make_server = app._make_handler
@@ -179,7 +204,7 @@ def serve_json_errors(app: web.Application) -> None:
     def make_handler(**kwargs: Any) -> web.Server:
         server = make_server(**kwargs)
         return JsonErrorServer(
-            gate(server.request_handler),
+            gate(server.request_handler, routed(app)),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=server._loop,
