@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import getpass
 import io
 import json
@@ -134,6 +135,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, stdin: 
         )
         if args.command is None:
             return serve(settings)
+        gc.enable()  # off while python -m server started (server.__main__)
         with _event_lines_on_success(settings.log_level):
             return COMMANDS[args.command](settings, args, stdin or sys.stdin)
     except ConfigError as exc:

@@ -288,3 +288,48 @@ async def test_acknowledged_signups_survive_kill_9(tmp_path: Path) -> None:
         second.stop()
     with sqlite3.connect(tmp_path / "data" / "mixauth.sqlite3") as database:
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# Run as `python -m server` runs, in a child that reports the garbage collector's state: once serving (from a
+# thread, after the first answer), or once a command has run.
+GC_PROBE = """
+import gc, os, runpy, signal, socket, sys, threading, time
+
+def report_once_serving():
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", int(os.environ["PORT"])), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    print("serving", gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+if not sys.argv[1:]:
+    threading.Thread(target=report_once_serving, daemon=True).start()
+sys.argv[0] = "server"
+try:
+    runpy.run_module("server", run_name="__main__")
+except SystemExit:
+    print("command", gc.isenabled(), file=sys.stderr, flush=True)
+"""
+
+
+def test_python_m_server_collects_garbage_once_serving_or_running_a_command(tmp_path: Path) -> None:
+    """Collection is off while ``python -m server`` loads and starts; on once it listens (what start-up made
+    frozen), and for a command from its start."""
+    env = base_env(DATA_DIR=str(tmp_path / "data"), PORT=str(free_port()), HOST="127.0.0.1", JWT_SECRET=JWT_SECRET)
+    served = subprocess.run(
+        [sys.executable, "-c", GC_PROBE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert served.returncode == 0, served.stderr
+    assert "serving True True" in served.stderr.splitlines()
+    command = subprocess.run(
+        [sys.executable, "-c", GC_PROBE, "check-config"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert command.stderr.splitlines()[-1] == "command True", command.stderr
