@@ -274,6 +274,13 @@ class TokenCodec:
 
         return jwt.encode(claims, self._secret, algorithm=TOKEN_ALGORITHM)
 
+    def remembered(self, token: str) -> TokenClaims | None:
+        """The claims of a token verified before and not expired since; None for any other (``verify`` tells)."""
+        claims = self._verified.get(token)
+        if claims is not None and claims.expires_at > self._clock():
+            return claims
+        return None
+
     def verify(self, token: str) -> TokenClaims:
         """Return the claims of a valid token; raise InvalidToken (with a reason for the log) otherwise."""
         if not token.isascii():

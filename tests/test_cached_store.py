@@ -100,6 +100,22 @@ async def test_outside_changes_are_noticed_within_the_recheck_interval() -> None
     assert (await cached.get_by_id(user_id)).scope == ("admin",)  # type: ignore[union-attr]
 
 
+async def test_remembered_answers_only_what_get_by_id_would_without_a_wait() -> None:
+    cached, store, marker, clock, user_id = await setup()
+    assert cached.remembered(user_id) is None  # not read yet
+    await cached.get_by_id(user_id)
+    assert cached.remembered(user_id) == await cached.get_by_id(user_id)
+    await store.set_scope(user_id, ("admin",))  # behind the cache's back, as another process would
+    marker.value += 1
+    clock.advance(1.0)
+    assert cached.remembered(user_id) is None  # the check for outside changes is due: get_by_id makes it
+    assert (await cached.get_by_id(user_id)).scope == ("admin",)  # type: ignore[union-attr]
+    assert cached.remembered(user_id).scope == ("admin",)  # type: ignore[union-attr]
+    await cached.set_scope(user_id, ("user",))
+    assert cached.remembered(user_id) is None  # a write through the cache forgets the user
+    assert store.reads == 2
+
+
 async def test_the_marker_is_read_at_most_once_per_interval() -> None:
     cached, _, marker, clock, user_id = await setup()
     for _ in range(50):

@@ -487,18 +487,23 @@ def test_a_cached_token_expires_exactly_at_its_exp() -> None:
     codec = TokenCodec(SECRET, 60, clock=clock)
     token = codec.issue(USER_ID, ("user",), now=clock.now)
     expires_at = codec.verify(token).expires_at
+    assert codec.remembered(token) == codec.verify(token)
     clock.now = expires_at - 0.001
     assert codec.verify(token).user_id == USER_ID
+    assert codec.remembered(token) == codec.verify(token)
     clock.now = expires_at
+    assert codec.remembered(token) is None  # expired: verify says so
     assert rejection(codec, token) == "expired"
 
 
 def test_a_token_one_byte_away_from_a_cached_one_is_verified_afresh() -> None:
     codec = TokenCodec(SECRET, LIFETIME)
     token = codec.issue(USER_ID, ("user",))
+    assert codec.remembered(token) is None  # not verified yet
     codec.verify(token)
     header, payload, signature = token.split(".")
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert codec.remembered(f"{header}.{payload}.{flipped}") is None
     assert rejection(codec, f"{header}.{payload}.{flipped}") == "bad_signature"
     forged = b64url(json.dumps({"id": USER_ID, "scope": ["admin"], "iat": 1, "exp": 2**40}).encode())
     assert rejection(codec, f"{header}.{forged}.{signature}") == "bad_signature"

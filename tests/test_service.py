@@ -28,6 +28,7 @@ from server.hashing import PasswordHasher
 from server.limits.memory import MemoryRateLimiter
 from server.security import TokenCodec, new_user_id
 from server.service import AuthPolicy, AuthService
+from server.storage.cached import CachedUserStore
 from tests.conftest import FakeClock
 from tests.fakes import FakeUserStore
 
@@ -281,6 +282,28 @@ async def test_authenticate_gives_the_scopes_stored_now(
     assert codec.verify(token).scope == ("user",)
     assert principal.user.id == user_id
     assert principal.scopes == frozenset({"admin", "billing"})
+
+
+async def test_authenticate_now_answers_as_authenticate_once_nothing_needs_a_wait(
+    store: FakeUserStore, hasher: CountingHasher, codec: TokenCodec, clock: FakeClock
+) -> None:
+    cached = CachedUserStore(store, clock=clock)
+    service = AuthService(cached, hasher, codec, MemoryRateLimiter(clock), policy())
+    token = await service.sign_up(body(), IP, None)
+    assert service.authenticate_now(token) is None  # neither the token verified nor the user read yet
+    principal = await service.authenticate(token)
+    assert service.authenticate_now(token) == principal
+    for refused in ("not.a.jwt", codec.issue(new_user_id(), ("user",))):  # malformed; of an unknown user
+        assert service.authenticate_now(refused) is None
+        with pytest.raises(InvalidToken):
+            await service.authenticate(refused)
+        assert service.authenticate_now(refused) is None
+    await cached.revoke_tokens(principal.user.id)  # a newer token_version: the old token is refused
+    assert service.authenticate_now(token) is None
+    with pytest.raises(InvalidToken):
+        await service.authenticate(token)
+    # Over a store without a cache, every check reads the store: authenticate does.
+    assert AuthService(store, hasher, codec, MemoryRateLimiter(clock), policy()).authenticate_now(token) is None
 
 
 async def test_a_token_for_an_unknown_user_is_invalid(service: AuthService, codec: TokenCodec) -> None:

@@ -16,9 +16,11 @@ recently loaded forgotten first. The cache never outlives a change:
   marker with ``watch`` (one that differs on every read while the listener cannot hear, so that nothing
   older than ``recheck`` is served then).
 
-``get_fresh_by_id`` reads one user through to the store and remembers what it read: for a reader that
-knows its copy is stale (a token carrying a newer ``token_version`` than the remembered user's was issued
-after a change this cache has not noticed yet).
+``remembered`` answers without waiting when it can (no check for outside changes due, the user remembered):
+for the requests whose token was checked before, which need no wait at all. ``get_fresh_by_id`` reads one
+user through to the store and remembers what it read: for a reader that knows its copy is stale (a token
+carrying a newer ``token_version`` than the remembered user's was issued after a change this cache has not
+noticed yet).
 
 Lookups by username or email (sign-in, which costs a bcrypt check anyway), listings, counts, reset codes
 and delete tickets go straight to the store.
@@ -78,6 +80,13 @@ class CachedUserStore:
                 self._users.popitem(last=False)
             self._users[user_id] = user
         return user
+
+    def remembered(self, user_id: str) -> User | None:
+        """The user as remembered, without waiting: None when not remembered, or when the check for outside
+        changes is due (``get_by_id`` makes it)."""
+        if self._clock() >= self._next_check:
+            return None
+        return self._users.get(user_id)
 
     async def get_fresh_by_id(self, user_id: str) -> User | None:
         """The user as stored now, never as remembered; the answer replaces what was remembered."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -32,6 +33,7 @@ from multidict import istr
 from server.config import IPNetwork
 from server.domain import InsufficientScope, InvalidForwardedFor, MixauthError
 from server.logs import context_field
+from server.service import AuthService
 from server.web.bodies import MAX_BODY_BYTES, SECURITY_HEADERS, error_response
 from server.web.client_ip import resolve_client_ip, without_zone
 from server.web.keys import CONTEXT, OPEN, SERVICE, RequestContext, Requirement
@@ -102,7 +104,9 @@ def request_middleware(
             client_ip_field.set(client_ip)
             try:
                 if rules is not None:
-                    await check_bearer(request, context, rules)
+                    waiting = check_bearer(request, context, rules)
+                    if waiting is not None:
+                        await waiting
                 response = await handler(request)
             except Exception as exc:
                 response = error_answer(request, exc)
@@ -139,9 +143,12 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     return error_response(500, MixauthError.code, MixauthError.default_message)
 
 
-async def check_bearer(request: web.Request, context: RequestContext, rules: Mapping[str, Requirement]) -> None:
+def check_bearer(
+    request: web.Request, context: RequestContext, rules: Mapping[str, Requirement]
+) -> Coroutine[Any, Any, None] | None:
     """Authenticate the request's bearer token, if it has one (its principal goes into ``context``), and check
-    the matched route's access rule."""
+    the matched route's access rule: at once where nothing needs a wait (no token, or one whose user is
+    remembered), else in the coroutine returned, to be awaited."""
     match_info = request.match_info
     route_name = match_info.route.name
     requirement = rules.get(route_name or "")
@@ -152,18 +159,30 @@ async def check_bearer(request: web.Request, context: RequestContext, rules: Map
             raise InsufficientScope()
         requirement = OPEN  # no route matched: the 404 or 405 is for anyone
     if requirement.own_bearer:
-        return
+        return None
     service = request.app[SERVICE]
     headers = request.headers.getall("Authorization", ())
     if headers:
         # Two Authorization headers are ambiguous (proxies may pick either): refused like a bad token.
         scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
         bearer = token.strip() if scheme.lower() == "bearer" else ""
-        principal = context.principal = await service.authenticate(bearer)
+        principal = service.authenticate_now(bearer)
+        if principal is None:
+            return _authenticate(service, bearer, context, requirement, route_name)
+        context.principal = principal
         if requirement.scopes:  # a principal is all that an authenticated route asks
             service.authorize(principal, requirement.scopes, route_name)
     elif requirement.authenticated or requirement.scopes:
         service.authorize(None, requirement.scopes, route_name)
+    return None
+
+
+async def _authenticate(
+    service: AuthService, bearer: str, context: RequestContext, requirement: Requirement, route_name: str | None
+) -> None:
+    principal = context.principal = await service.authenticate(bearer)
+    if requirement.scopes:
+        service.authorize(principal, requirement.scopes, route_name)
 
 
 def _route_of(request: web.Request) -> str | None:
