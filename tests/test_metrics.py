@@ -3,6 +3,7 @@ may read it; and that nothing in it, nor in the sign-in answer, tells a known ac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -57,6 +58,23 @@ async def test_requests_are_counted_and_timed_by_route_method_and_status(make_cl
     latency = families["mixauth_http_request_duration_seconds"]
     assert value(latency, "mixauth_http_request_duration_seconds_count", route="/user", method="GET", status="200") == 3
     assert value(latency, "mixauth_http_request_duration_seconds_sum", route="/user", method="GET", status="200") > 0
+
+
+async def test_a_request_the_http_parser_refused_is_not_counted(make_client: ClientFactory) -> None:
+    """It reached no application: logged, not counted, also after a counted one on the same connection."""
+    client = await make_client()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200 ")
+        await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        writer.write(b"GET /user HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n")
+        assert b" 400 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    requests = (await scrape(client))["mixauth_http_requests"]
+    counted = {(s.labels["route"], s.labels["status"]) for s in requests if s.name == "mixauth_http_requests_total"}
+    assert counted == {("/health/live", "200")}
 
 
 async def test_every_auth_event_is_counted_with_its_outcome(make_client: ClientFactory) -> None:

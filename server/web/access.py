@@ -135,7 +135,7 @@ class AccessLog(AbstractAccessLogger):
             if app:  # not a request the parser refused, which no application took
                 self._metrics = metrics
         series = None
-        if isinstance(metrics, Metrics):
+        if isinstance(metrics, Metrics) and matched is not None:  # refused by the parser: not counted
             series = metrics.requests(route or "unmatched", method if known else "other", status)
         # A probe or a scrape is quiet; a wrong method on their paths is not one.
         quiet = route in QUIET_ROUTES and status != HTTPMethodNotAllowed.status_code
