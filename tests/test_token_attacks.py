@@ -279,6 +279,11 @@ async def test_every_response_forbids_content_sniffing(make_client: ClientFactor
     async def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("unexpected")
 
+    def explode_now(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("unexpected")
+
+    # Both the check without a wait (this token's user is remembered) and the one with.
+    monkeypatch.setattr(client.app[SERVICE], "authenticate_now", explode_now)
     monkeypatch.setattr(client.app[SERVICE], "authenticate", explode)
     responses["500"] = await client.get("/user", headers=bearer(token))
 
