@@ -68,12 +68,23 @@ def secrets_in(text: str) -> list[str]:
     return found
 
 
+# Ports free_port has handed out in this test run: a server started from a test binds its port some time
+# after asking, so the same free number must not go to two servers meanwhile (one instance's API port and
+# another's metrics port, started together, once met on one port, and the API's requests reached the
+# metrics listener).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on now and no other caller in this run was given, for a
+    server a test starts."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture(autouse=True)

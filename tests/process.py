@@ -7,6 +7,7 @@ checks over the whole output) starts it with ``start_server`` and stops it with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -56,18 +57,29 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 async def wait_until_serving(port: int, process: subprocess.Popen[bytes], deadline: float = 15.0) -> None:
+    """Until ``process`` answers ``GET /health/live`` with 200 on ``port``: the server's own listener, not
+    whatever else may have taken the port (then the process exits, and this says so)."""
     start = time.monotonic()
     while time.monotonic() - start < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited early with {process.returncode}")
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             await asyncio.sleep(0.05)
             continue
-        writer.close()
-        await writer.wait_closed()
-        return
+        try:
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+        except (TimeoutError, OSError):
+            status_line = b""
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if status_line.startswith(b"HTTP/1.1 200 "):
+            return
+        await asyncio.sleep(0.05)
     raise AssertionError("server did not start listening in time")
 
 
