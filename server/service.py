@@ -160,13 +160,10 @@ class AuthService:
         self._limiter = limiter
         self._policy = policy
         self._observer = observer
-        cached = isinstance(store, FreshReads)
-        self._get_fresh: Callable[[str], Awaitable[User | None]] = (
-            store.get_fresh_by_id if cached else store.get_by_id  # type: ignore[attr-defined]
-        )
-        self._remembered: Callable[[str], User | None] = (
-            store.remembered if cached else _nothing_remembered  # type: ignore[attr-defined]
-        )
+        self._get_fresh: Callable[[str], Awaitable[User | None]] = store.get_by_id
+        self._remembered: Callable[[str], User | None] = _nothing_remembered
+        if isinstance(store, FreshReads):
+            self._get_fresh, self._remembered = store.get_fresh_by_id, store.remembered
         # Password writes of one user, one at a time in this process: a hash upgrade computed from the old
         # password must never land after a change of password (it would bring the old password back).
         self._password_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
