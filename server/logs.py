@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from threading import get_ident
+from time import time_ns
 from typing import Any, NamedTuple, TextIO
 
 import orjson
@@ -435,39 +436,99 @@ class _NamedLineLogger:
         self.name = name
         self._name_json = _json_text(name)
         self.chain = chain
+        # emit_text's templates, by members, level, event and which context fields are bound; made for the
+        # request context's fields as _templates_of has them.
+        self._templates: dict[_TemplateKey, str] = {}
+        self._templates_of: _Context | None = None
+        self._stamped: tuple[int, str] = (-1, "")  # a second since the epoch, and its date and time of day
 
     def msg(self, message: str) -> None:
         self._writer.write(message)
 
-    def emit(self, level: str, event: str, fields: EventDict, *, members: str | None = None) -> None:
+    def emit(self, level: str, event: str, fields: EventDict) -> None:
         """Write ``fields`` as one line with ``event``, the request context, ``level``, ``timestamp`` and
         ``logger``, exactly as ``structlog.get_logger(name).<level>(event, **fields)`` writes it; never raises.
 
         The caller checks the level first, and passes no ``exc_info``: such a line takes structlog's path.
-        ``members``: ``fields`` as the caller rendered them, JSON object members in order (``"status":200,...``),
-        vouched for: its own code's words and numbers, no client text, nothing named like a secret. With a
-        request context of plain identifiers (``_plain_identifier``) under plain names that ``fields`` does not
-        hold, the line is then put together as text, without a dictionary, a serialiser or the redaction's scan;
-        anything else takes the renderer's path.
         """
         try:
-            context = _context_members(fields) if members is not None else None
-            if context is not None:
-                line = (
-                    f'{{{members},"event":{_json_text(event)},{context}"level":{_json_text(level)},'
-                    f'"timestamp":"{self.chain.timestamper.now()}","logger":{self._name_json}}}'
-                )
-            else:
-                fields["event"] = event
-                _merge_request_context(None, level, fields)
-                fields["level"] = level
-                self.chain.timestamper(None, level, fields)
-                fields["logger"] = self.name
-                rendered = self.chain.renderer(self, level, fields)
-                line = rendered if isinstance(rendered, str) else str(rendered)
+            fields["event"] = event
+            _merge_request_context(None, level, fields)
+            fields["level"] = level
+            self.chain.timestamper(None, level, fields)
+            fields["logger"] = self.name
+            rendered = self.chain.renderer(self, level, fields)
+            line = rendered if isinstance(rendered, str) else str(rendered)
         except Exception as exc:
             line = unrenderable_line(self.name, level, exc)
         self._writer.write(line)
+
+    def emit_text(self, level: str, event: str, members: str, values: tuple[Any, ...], names: frozenset[str]) -> bool:
+        """``emit`` for fields the caller has put together as text: ``members % values`` are JSON object members
+        in order (``"status":%d,...``, a literal "%" doubled), vouched for: its own code's words and numbers, no
+        client text, nothing named like a secret; ``names`` are their fields' names. The line is written as
+        text, in one "%" formatting of a template made once, without a dictionary, a serialiser or the
+        redaction's scan, when the request context bound now holds plain identifiers (``_PLAIN_IDENTIFIER``)
+        only, under plain names that ``names`` does not hold. False, and nothing written, otherwise (and in
+        the rare whole second, which has no fraction): the caller then ``emit``s, and the renderer sees the line.
+        """
+        context = _context
+        if context.made != len(_STRUCTLOG_VARS):
+            context = _current_context()
+        bound = tuple(map(_get_value, context.variables))
+        try:
+            joined = _SEPARATOR.join(bound)  # every field bound, to a string (the authenticated request)
+            layout = context.all_bound
+        except TypeError:  # a field made but not bound (structlog's Ellipsis), or a value that is no string
+            layout = tuple([value is not Ellipsis for value in bound])
+            bound = tuple([value for value in bound if value is not Ellipsis])
+            try:
+                joined = _SEPARATOR.join(bound)
+            except TypeError:
+                return False
+        if self._templates_of is not context:  # made for other fields
+            self._templates, self._templates_of = {}, context
+        key = (members, level, event, layout)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key, context, names)
+        if not template:
+            return False
+        # One check of every value; a value holding the separator itself makes one too many of them.
+        if bound and not _PLAIN_JOINED[len(bound)](joined):
+            return False
+        second, micro = divmod(time_ns() // 1000, 1_000_000)
+        if not micro:  # no fraction in a whole second, as datetime.isoformat writes it
+            return False
+        stamped = self._stamped
+        if stamped[0] != second:
+            stamped = self._stamped = (second, _second_text(second))
+        line = template % (*values, *bound, stamped[1], micro)
+        # The writer's common case, as _LineWriter.write has it: a turn's flush is scheduled on this loop.
+        writer = self._writer
+        flush_on = writer._flush_on
+        if flush_on is not None and writer._flush_thread == get_ident() and flush_on.is_running():
+            writer._pending.append(line)
+        else:
+            writer.write(line)
+        return True
+
+    def _template(self, key: _TemplateKey, context: _Context, names: frozenset[str]) -> str:
+        """The whole line's "%" template for ``emit_text`` (remembered), or "" where the text path cannot vouch
+        for the context's names: one like a secret's, one not plain, or one the fields hold."""
+        if len(self._templates) >= _MAX_TEMPLATES:
+            self._templates.clear()
+        members, level, event, layout = key
+        bound = [(name, plain) for name, plain, on in zip(context.names, context.plain, layout, strict=True) if on]
+        template = ""
+        event, level, logger = (_json_text(text).replace("%", "%%") for text in (event, level, self.name))
+        if all(plain for _, plain in bound) and names.isdisjoint(name for name, _ in bound):
+            fields = "".join(f'"{name}":"%s",' for name, _ in bound)
+            template = (
+                f'{{{members},"event":{event},{fields}"level":{level},"timestamp":"%s.%06dZ","logger":{logger}}}'
+            )
+        self._templates[key] = template
+        return template
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -513,7 +574,6 @@ def _merge_request_context(_logger: Any, _method: str, event_dict: EventDict) ->
 # are made of (or "unknown", for a peer with no address). JSON needs no escape in it, and no text pattern of
 # the redaction can match in it (every hint holds a letter beyond "f", or a "$").
 _PLAIN_IDENTIFIER = r"(?:[0-9A-Fa-f.:]*|unknown)"
-_plain_identifier = re.compile(_PLAIN_IDENTIFIER).fullmatch
 _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _get_value = contextvars.ContextVar.get
 # A separator that no plain identifier holds: the values of all variables, joined by it, are checked at once.
@@ -528,29 +588,14 @@ class _Context(NamedTuple):
     variables: tuple[contextvars.ContextVar[Any], ...]
     names: tuple[str, ...]  # the fields' names, in the order of the variables (the order they were made)
     plain: tuple[bool, ...]  # whether each name is a plain one, named like no secret
-    plain_names: bool  # whether every one is
-    name_set: frozenset[str]
-    # Whether the values of all variables, joined by _SEPARATOR, are plain identifiers each (fullmatch).
-    all_plain: Callable[[str], Any]
-    # The members of every variable's value, as "%" formatting takes them: '"request_id":"%s",...'.
-    template: str
+    all_bound: tuple[bool, ...]  # every field bound: the layout of the server's authenticated request
 
 
 def _build_context() -> _Context:
     named = [(name[_PREFIX_LENGTH:], variable) for name, variable in tuple(_STRUCTLOG_VARS.items())]
     names = tuple(name for name, _ in named)
     plain = tuple(_PLAIN_NAME.fullmatch(name) is not None and not hints_in(name) for name in names)
-    all_plain = re.compile(_SEPARATOR.join([_PLAIN_IDENTIFIER] * len(names))).fullmatch
-    return _Context(
-        len(named),
-        tuple(variable for _, variable in named),
-        names,
-        plain,
-        all(plain),
-        frozenset(names),
-        all_plain,
-        "".join(f'"{name}":"%s",' for name in names),
-    )
+    return _Context(len(named), tuple(variable for _, variable in named), names, plain, (True,) * len(names))
 
 
 _context = _build_context()
@@ -563,26 +608,18 @@ def _current_context() -> _Context:
     return _context
 
 
-def _context_members(fields: EventDict) -> str | None:
-    """The request context bound now as JSON object members (``"request_id":"...",`` for each bound field, in
-    the order structlog merges them), when every bound value is a plain identifier (``_plain_identifier``) under
-    a plain name that ``fields`` does not hold; None otherwise (the renderer must see the line)."""
-    context = _current_context()
-    values = tuple(map(_get_value, context.variables))
-    try:
-        joined = _SEPARATOR.join(values)
-    except TypeError:  # a field not bound (structlog's Ellipsis), or a value that is no string: one by one
-        members = ""
-        for name, plain, value in zip(context.names, context.plain, values, strict=True):
-            if value is not Ellipsis:
-                if not plain or type(value) is not str or not _plain_identifier(value) or name in fields:
-                    return None
-                members += f'"{name}":"{value}",'
-        return members
-    if not context.plain_names or not context.name_set.isdisjoint(fields):
-        return None
-    # One check of every value; a value holding the separator itself makes one too many of them.
-    return context.template % values if context.all_plain(joined) else None
+class _PlainJoined(dict[int, Callable[[str], Any]]):
+    """By a count n: whether a text is n plain identifiers (``_PLAIN_IDENTIFIER``) joined by _SEPARATOR."""
+
+    def __missing__(self, count: int) -> Callable[[str], Any]:
+        check = self[count] = re.compile(_SEPARATOR.join([_PLAIN_IDENTIFIER] * count)).fullmatch
+        return check
+
+
+_PLAIN_JOINED = _PlainJoined()
+# What emit_text remembers a line's template by: its members, level, event and which context fields are bound.
+_TemplateKey = tuple[str, str, str, tuple[bool, ...]]
+_MAX_TEMPLATES = 256
 
 
 @functools.lru_cache(maxsize=256)
@@ -602,7 +639,7 @@ class _Timestamper:
         second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         cached = self._second  # one read: another thread may replace it meanwhile
         if cached[0] != second:
-            cached = self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+            cached = self._second = (second, _second_text(second))
         # As datetime.isoformat: no fraction in a whole second.
         # Six digits with leading zeros, without a format spec's parsing (about twice the cost).
         return f"{cached[1]}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{cached[1]}Z"
@@ -610,6 +647,11 @@ class _Timestamper:
     def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
         event_dict["timestamp"] = self.now()
         return event_dict
+
+
+def _second_text(second: int) -> str:
+    """The date and time of day, in UTC, of a second since the epoch, as ISO 8601 writes them."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _add_logger_name(logger: Any, _method: str, event_dict: EventDict) -> EventDict:

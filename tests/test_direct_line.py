@@ -1,4 +1,5 @@
-"""The logging's direct path (``emit``), which writes the access line: the same line structlog's chain writes.
+"""The logging's direct paths (``emit``, and ``emit_text`` for fields put together as text), which write the
+access line: the same line structlog's chain writes.
 
 Same fields in the same order, the request context merged the same way, the same redaction, the same
 writer; and it is only taken where ``configure_logging``'s chain would run (not under ``capture_logs``).
@@ -25,14 +26,16 @@ pytestmark = pytest.mark.usefixtures("restore_logging")
 FIELDS = {"method": "GET", "route": "/user", "status": 200, "duration_ms": 0.25, "bytes": 138}
 
 
-# FIELDS as the access log renders them for the direct path's text: its own words and numbers.
-MEMBERS = '"method":"GET","route":"/user","status":200,"duration_ms":0.25,"bytes":138'
+# FIELDS as the access log renders them for the direct path's text: its own words and numbers, as a "%" template
+# of the duration's text and the size.
+MEMBERS = ('"method":"GET","route":"/user","status":200,"duration_ms":%s,"bytes":%d', ("0.25", 138))
 
 
 def both_lines(
     request_id: Any,
     *,
-    members: str | None = None,
+    members: tuple[str, tuple[Any, ...]] | None = None,
+    fields: dict[str, Any] | None = None,
     rendered: list[str] | None = None,
     unbound: tuple[str, ...] = (),
     **extra: Any,
@@ -47,7 +50,7 @@ def both_lines(
         bind_request(request_id=request_id, client_ip="127.0.0.1", **extra)
         for name in unbound:
             context_field(name)
-        log.info("http.request", **FIELDS)
+        log.info("http.request", **(fields or FIELDS))
         direct = line_logger_of(log)
         assert direct is not None
         renderer = direct.chain.renderer
@@ -57,7 +60,10 @@ def both_lines(
             return renderer(*args)
 
         direct.chain.renderer = counted
-        direct.emit("info", "http.request", dict(FIELDS), members=members)
+        # As the access log does: the text path where it vouches for the line, else the dictionary's.
+        names = frozenset(fields or FIELDS)
+        if members is None or not direct.emit_text("info", "http.request", *members, names):
+            direct.emit("info", "http.request", dict(fields or FIELDS))
 
     contextvars.copy_context().run(log_both)  # a context of its own: nothing bound leaks into other tests
     chain, direct = stream.getvalue().splitlines()
@@ -144,6 +150,16 @@ def test_the_line_put_together_as_text_is_the_chains_line(
     assert rendered == ([] if as_text else ["rendered"])
     assert "eyJ" not in direct
     assert "abc123" not in direct
+
+
+def test_a_percent_sign_in_the_fields_text_is_written_as_it_is() -> None:
+    fields = {**FIELDS, "route": "/100%s"}
+    members = ('"method":"GET","route":"/100%%s","status":200,"duration_ms":%s,"bytes":%d', ("0.25", 138))
+    rendered: list[str] = []
+    chain, direct = both_lines("de0fc050", members=members, fields=fields, rendered=rendered)
+    assert rendered == []
+    assert without_timestamp(direct) == without_timestamp(chain)
+    assert json.loads(direct)["route"] == "/100%s"
 
 
 def test_no_direct_path_where_the_chain_is_not_configure_loggings() -> None:

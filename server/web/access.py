@@ -38,6 +38,7 @@ from server.metrics import Metrics, RequestSeries
 from server.web.keys import CONTEXT, METRICS
 
 EVENT = "http.request"
+FIELD_NAMES = frozenset({"method", "route", "status", "duration_ms", "bytes"})
 # Probes and scrapes arrive every few seconds.
 QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 # Methods are a label of the request metrics; any other is counted as "other", so that made-up methods
@@ -63,9 +64,10 @@ class _Kind(NamedTuple):
     quiet: bool
     levelno: int
     level: str
-    # The line's first members, up to the status (``"method":"GET","route":"/user","status":200,``), for a
-    # known method: None for a method the client made up, which takes the renderer's path.
-    head: str | None
+    # The line's members as a "%" template of the duration's text and the size, for the logging's text path
+    # (``"method":"GET","route":"/user","status":200,"duration_ms":%s,"bytes":%d``), for a known method: None
+    # for a method the client made up, which takes the renderer's path.
+    members: str | None
 
 
 class AccessLog(AbstractAccessLogger):
@@ -107,23 +109,23 @@ class AccessLog(AbstractAccessLogger):
         length = response.headers.get(_CONTENT_LENGTH)  # what aiohttp wrote from the body's size
         size = int(length) if length is not None and length.isdigit() and length.isascii() else _size(response)
         microseconds = round(time * 1_000_000)
-        fields = {"method": method, "route": kind.route, "status": status, "duration_ms": microseconds / 1000}
-        fields["bytes"] = size
         direct = self._direct.get()
-        if direct is None:  # structlog's chain is not configure_logging's (a test's capture_logs)
-            (self._log.debug if kind.quiet else self._log.info)(EVENT, **fields)
-            return
         # The same line without structlog's per-call work; put together as text from this code's own words and
-        # numbers, but for a method the client made up.
-        members = None
-        if kind.head is not None and 0 <= microseconds < LARGEST_PLAIN_MICROSECONDS:
+        # numbers, but for a method the client made up (or a context the text path cannot vouch for).
+        if direct is not None and kind.members is not None and 0 <= microseconds < LARGEST_PLAIN_MICROSECONDS:
             duration = _DURATIONS.get(microseconds)
             if duration is None:
                 if len(_DURATIONS) >= MAX_DURATIONS:
                     _DURATIONS.clear()
                 duration = _DURATIONS[microseconds] = repr(microseconds / 1000)
-            members = f'{kind.head}"duration_ms":{duration},"bytes":{size}'
-        direct.emit(kind.level, EVENT, fields, members=members)
+            if direct.emit_text(kind.level, EVENT, kind.members, (duration, size), FIELD_NAMES):
+                return
+        fields = {"method": method, "route": kind.route, "status": status, "duration_ms": microseconds / 1000}
+        fields["bytes"] = size
+        if direct is None:  # structlog's chain is not configure_logging's (a test's capture_logs)
+            (self._log.debug if kind.quiet else self._log.info)(EVENT, **fields)
+        else:
+            direct.emit(kind.level, EVENT, fields)
 
     def _kind(self, request: BaseRequest, matched: AbstractRoute | None, method: str, status: int) -> _Kind:
         route = route_of(request) if matched is not None else None
@@ -139,10 +141,12 @@ class AccessLog(AbstractAccessLogger):
             series = metrics.requests(route or "unmatched", method if known else "other", status)
         # A probe or a scrape is quiet; a wrong method on their paths is not one.
         quiet = route in QUIET_ROUTES and status != HTTPMethodNotAllowed.status_code
-        head = None
+        members = None
         if known:
             head = f'"method":{orjson.dumps(method).decode()},"route":{orjson.dumps(route).decode()},"status":{status},'
-        kind = _Kind(route, series, quiet, logging.DEBUG if quiet else logging.INFO, "debug" if quiet else "info", head)
+            members = head.replace("%", "%%") + '"duration_ms":%s,"bytes":%d'
+        level = "debug" if quiet else "info"
+        kind = _Kind(route, series, quiet, logging.DEBUG if quiet else logging.INFO, level, members)
         # Not a 404's or 405's route, made for that one request (nor a request the parser refused).
         if matched is not None and matched.resource is not None:
             if len(self._kinds) >= MAX_KINDS:
