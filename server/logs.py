@@ -524,9 +524,7 @@ class _NamedLineLogger:
         event, level, logger = (_json_text(text).replace("%", "%%") for text in (event, level, self.name))
         if all(plain for _, plain in bound) and names.isdisjoint(name for name, _ in bound):
             fields = "".join(f'"{name}":"%s",' for name, _ in bound)
-            template = (
-                f'{{{members},"event":{event},{fields}"level":{level},"timestamp":"%s.%06dZ","logger":{logger}}}'
-            )
+            template = f'{{{members},"event":{event},{fields}"level":{level},"timestamp":"%s.%06dZ","logger":{logger}}}'
         self._templates[key] = template
         return template
 

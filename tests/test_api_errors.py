@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from server.web.connection import routed
+from server.web.connection import MAX_REMEMBERED_ROUTES, routed
 from server.web.keys import SERVICE
 from server.web.middleware import request_middleware
 from tests.conftest import sign_up
@@ -289,6 +289,39 @@ def test_only_an_application_with_one_middleware_and_no_sub_application_is_route
     assert routed(application(0)) is None
     assert routed(application(2)) is None
     assert routed(application(1, sub_application=True)) is None
+
+
+async def test_the_router_s_answer_is_remembered_for_routes_without_variables_only() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=f"{request.match_info.route.resource.canonical} {dict(request.match_info)}")
+
+    app = web.Application(middlewares=[request_middleware(())])
+    app.router.add_get("/", handler)
+    app.router.add_get("/item/{id}", handler)
+    handle = routed(app)
+    assert handle is not None
+
+    async def answer(method: str, path: str) -> tuple[int, str, object]:
+        request = make_mocked_request(method, path, app=app)
+        response = await handle(request)
+        assert isinstance(response, web.Response)
+        return response.status, response.text or "", request.match_info
+
+    first, again = await answer("GET", "/"), await answer("GET", "/")
+    assert first[:2] == again[:2] == (200, "/ {}")
+    assert first[2] is again[2]  # remembered
+    # Not remembered: each request's own variables, and the router's 405 and 404.
+    assert [(await answer("GET", f"/item/{n}"))[:2] for n in (1, 2, 1)] == [
+        (200, "/item/{id} {'id': '1'}"),
+        (200, "/item/{id} {'id': '2'}"),
+        (200, "/item/{id} {'id': '1'}"),
+    ]
+    refused = [("POST", "/"), ("GET", "/nope"), ("POST", "/")]
+    assert [(await answer(*request))[0] for request in refused] == [405, 404, 405]
+    # Request targets beyond what is remembered (a query string each) still resolve, and alike.
+    for n in range(3 * MAX_REMEMBERED_ROUTES):
+        assert (await answer("GET", f"/?n={n}"))[:2] == (200, "/ {}")
+    assert (await answer("GET", "/item/3"))[:2] == (200, "/item/{id} {'id': '3'}")
 
 
 async def test_the_middleware_lets_a_cancellation_through() -> None:

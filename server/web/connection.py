@@ -28,6 +28,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from server.domain import MixauthError
 from server.logs import MALFORMED_REQUEST_EVENT, bind_request
@@ -45,6 +46,9 @@ _PARSER_ERRORS: dict[type[object], tuple[str, str]] = {
     BadHttpMethod: ("bad_method", "The request method is malformed."),
 }
 _SUPPORTED_VERSIONS = (HttpVersion11, HttpVersion10)
+# Request targets (by method) whose route has no variables, remembered with the router's answer; a client
+# varying its query string only makes them be forgotten sooner.
+MAX_REMEMBERED_ROUTES = 64
 _FRAMING_REFUSED = ("ambiguous_framing", "The request's framing is not supported: send Content-Length or chunked.")
 
 
@@ -180,17 +184,29 @@ def routed(app: web.Application) -> RawHandler | None:
     middleware: a loop lookup, building the middleware chain (a cache keyed by a tuple of applications) and
     a second middleware of aiohttp's own that sets the request's current application, which is already this
     one. None for any other application: ``_handle`` serves it.
+
+    The router's answer for a route without variables (``/user``) is the same, frozen, for every request with
+    the same method and request target: it is remembered (``MAX_REMEMBERED_ROUTES`` of them) rather than
+    resolved again, as it is for a path with variables, a 404 or a 405.
     """
     middlewares = tuple(app.middlewares)
     if len(middlewares) != 1 or any(isinstance(r, web.PrefixedSubAppResource) for r in app.router.resources()):
         return None
     (middleware,) = middlewares
     resolve = app.router.resolve
+    remembered: dict[tuple[str, str], UrlMappingMatchInfo] = {}
 
     async def handle(request: BaseRequest) -> web.StreamResponse:
-        match_info = await resolve(request)  # type: ignore[arg-type]
-        match_info.add_app(app)
-        match_info.freeze()
+        key = (request.method, request.raw_path)
+        match_info = remembered.get(key)
+        if match_info is None:
+            match_info = await resolve(request)  # type: ignore[arg-type]
+            match_info.add_app(app)
+            match_info.freeze()
+            if not match_info and match_info.http_exception is None:  # a route without variables
+                if len(remembered) >= MAX_REMEMBERED_ROUTES:
+                    remembered.clear()
+                remembered[key] = match_info
         request._match_info = match_info  # type: ignore[attr-defined]
         return await middleware(request, match_info.handler)  # type: ignore[arg-type]
 
