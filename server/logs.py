@@ -494,8 +494,11 @@ class _NamedLineLogger:
             template = self._template(key, context, names)
         if not template:
             return False
-        # One check of every value; a value holding the separator itself makes one too many of them.
-        if bound and not _PLAIN_JOINED[len(bound)](joined):
+        # One check of every value at once: bytes of plain identifiers' characters only, and as many separators
+        # as the values need (a value holding one makes one too many); else the exact check ("unknown").
+        count = len(bound)
+        unchecked = joined.encode("ascii", "replace").translate(None, _PLAIN_BYTES)
+        if (unchecked or joined.count(_SEPARATOR) != count - 1) and count and not _PLAIN_JOINED[count](joined):
             return False
         second, micro = divmod(time_ns() // 1000, 1_000_000)
         if not micro:  # no fraction in a whole second, as datetime.isoformat writes it
@@ -615,6 +618,8 @@ class _PlainJoined(dict[int, Callable[[str], Any]]):
 
 
 _PLAIN_JOINED = _PlainJoined()
+# The characters of plain identifiers but "unknown", and the separator, as bytes.translate deletes them.
+_PLAIN_BYTES = b"0123456789ABCDEFabcdef.:" + _SEPARATOR.encode()
 # What emit_text remembers a line's template by: its members, level, event and which context fields are bound.
 _TemplateKey = tuple[str, str, str, tuple[bool, ...]]
 _MAX_TEMPLATES = 256

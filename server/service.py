@@ -144,6 +144,10 @@ def _nothing_remembered(user_id: str) -> None:
     return None
 
 
+# How many users' principals authenticate_now keeps made (about as many as a user cache holds).
+MAX_PRINCIPALS = 10_000
+
+
 class AuthService:
     def __init__(
         self,
@@ -169,6 +173,8 @@ class AuthService:
         self._password_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # The log context's user_id, bound for the rest of the request once a user is known.
         self._user_id_field = context_field("user_id")
+        # authenticate_now's principal of each remembered user, made once for the user as remembered.
+        self._principals: dict[str, Principal] = {}
 
     async def authenticate(self, token: str) -> Principal:
         """The Principal a bearer token names, with the scopes stored for the user now.
@@ -203,7 +209,12 @@ class AuthService:
         if user is None or claims.version != user.token_version:
             return None
         self._user_id_field.set(user.id)
-        return Principal(user)
+        principal = self._principals.get(user.id)
+        if principal is None or principal.user is not user:
+            if len(self._principals) >= MAX_PRINCIPALS:
+                self._principals.clear()
+            principal = self._principals[user.id] = Principal(user)
+        return principal
 
     def authorize(self, principal: Principal | None, scopes: frozenset[str], route: str | None = None) -> None:
         """Raise AuthenticationRequired without a principal, and InsufficientScope unless it holds one of

@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_request import BaseRequest
+from aiohttp.web_urldispatcher import AbstractRoute
 from multidict import CIMultiDict, istr
 
 from server.config import IPNetwork
@@ -80,6 +81,7 @@ def request_middleware(
     to its one route, the metrics listener)."""
     # The log context's fields of every request, set directly (see server.logs.context_field).
     request_id_field, client_ip_field = context_field("request_id"), context_field("client_ip")
+    known: dict[AbstractRoute, tuple[Requirement, AuthService]] = {}  # see check_bearer
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -104,7 +106,7 @@ def request_middleware(
             client_ip_field.set(client_ip)
             try:
                 if rules is not None:
-                    waiting = check_bearer(request, context, rules)
+                    waiting = check_bearer(request, context, rules, known)
                     if waiting is not None:
                         await waiting
                 response = await handler(request)
@@ -143,23 +145,34 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
 
 
 def check_bearer(
-    request: web.Request, context: RequestContext, rules: Mapping[str, Requirement]
+    request: web.Request,
+    context: RequestContext,
+    rules: Mapping[str, Requirement],
+    known: dict[AbstractRoute, tuple[Requirement, AuthService]],
 ) -> Coroutine[Any, Any, None] | None:
     """Authenticate the request's bearer token, if it has one (its principal goes into ``context``), and check
     the matched route's access rule: at once where nothing needs a wait (no token, or one whose user is
-    remembered), else in the coroutine returned, to be awaited."""
+    remembered), else in the coroutine returned, to be awaited. ``known``: each route's rule and the service,
+    as looked up for its first request (the application's routes and state are fixed once it serves); but
+    for a route that checks a bearer token of its own, which is left to do so."""
     match_info = request.match_info
-    route_name = match_info.route.name
-    requirement = rules.get(route_name or "")
-    if requirement is None:
+    route = match_info.route
+    found = known.get(route)
+    if found is None:
+        route_name = route.name
+        requirement = rules.get(route_name or "")
+        if requirement is None:
+            if match_info.http_exception is None:
+                # A route matched but has no access rule: closed, not open (see server.web.routes).
+                log.error("authz.denied", reason="no_rule", route=route_name, path=request.path)
+                raise InsufficientScope()
+            requirement = OPEN  # no route matched: the 404 or 405 is for anyone (a route made for this request)
+        if requirement.own_bearer:
+            return None
+        found = requirement, request.app[SERVICE]
         if match_info.http_exception is None:
-            # A route matched but has no access rule: closed, not open (see server.web.routes).
-            log.error("authz.denied", reason="no_rule", route=route_name, path=request.path)
-            raise InsufficientScope()
-        requirement = OPEN  # no route matched: the 404 or 405 is for anyone
-    if requirement.own_bearer:
-        return None
-    service = request.app[SERVICE]
+            known[route] = found
+    requirement, service = found
     headers = request.headers.getall("Authorization", ())
     if headers:
         # Two Authorization headers are ambiguous (proxies may pick either): refused like a bad token.
@@ -167,12 +180,12 @@ def check_bearer(
         bearer = token.strip() if scheme.lower() == "bearer" else ""
         principal = service.authenticate_now(bearer)
         if principal is None:
-            return _authenticate(service, bearer, context, requirement, route_name)
+            return _authenticate(service, bearer, context, requirement, route.name)
         context.principal = principal
         if requirement.scopes:  # a principal is all that an authenticated route asks
-            service.authorize(principal, requirement.scopes, route_name)
+            service.authorize(principal, requirement.scopes, route.name)
     elif requirement.authenticated or requirement.scopes:
-        service.authorize(None, requirement.scopes, route_name)
+        service.authorize(None, requirement.scopes, route.name)
     return None
 
 
