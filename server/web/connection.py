@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
@@ -117,13 +117,14 @@ def gate(handle: RawHandler, common: RawHandler | None = None) -> RawHandler:
     def gated(request: BaseRequest) -> Awaitable[web.StreamResponse]:
         # The common request (HTTP/1.1 or 1.0, at most one Content-Length, no Transfer-Encoding, no Expect) goes
         # straight to the application: no check would refuse it, and nothing raises outside the middleware
-        # without an Expect header (only the route's expect handler does).
+        # without an Expect header (only the route's expect handler does). (Header names as aiohttp's istr
+        # constants: a multidict looks them up without folding their case first.)
         headers = request.headers
         if (
             request.version in _SUPPORTED_VERSIONS
-            and "Transfer-Encoding" not in headers
-            and "Expect" not in headers
-            and ("Content-Length" not in headers or len(headers.getall("Content-Length")) == 1)
+            and hdrs.TRANSFER_ENCODING not in headers
+            and hdrs.EXPECT not in headers
+            and (hdrs.CONTENT_LENGTH not in headers or len(headers.getall(hdrs.CONTENT_LENGTH)) == 1)
         ):
             return serve(request)
         return checked(request)

@@ -25,7 +25,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_urldispatcher import AbstractRoute
@@ -51,14 +51,15 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     413: ("body_too_large", f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."),
 }
 _PASSED_ON_HEADERS = ("Allow",)
-# Header names as multidict keys made once: setting them costs a third of setting plain strings.
+# Header names as multidict keys made once: setting them costs a third of setting plain strings, and looking
+# them up skips folding their case.
 _REQUEST_ID_HEADER = istr("X-Request-Id")
 _SECURITY_HEADERS = CIMultiDict(SECURITY_HEADERS)  # set in one call
 
 
 def request_id_of(request: BaseRequest) -> str:
     """The caller's X-Request-Id when it is a plain token, else a new one."""
-    incoming = request.headers.get("X-Request-Id")
+    incoming = request.headers.get(_REQUEST_ID_HEADER)
     if incoming is not None and _REQUEST_ID.fullmatch(incoming):
         return incoming
     # 128 random bits, like a UUID4, from the interpreter's generator: a request id correlates log lines
@@ -173,7 +174,7 @@ def check_bearer(
         if match_info.http_exception is None:
             known[route] = found
     requirement, service = found
-    headers = request.headers.getall("Authorization", ())
+    headers = request.headers.getall(hdrs.AUTHORIZATION, ())
     if headers:
         # Two Authorization headers are ambiguous (proxies may pick either): refused like a bad token.
         scheme, _, token = headers[0].strip().partition(" ") if len(headers) == 1 else ("", "", "")
