@@ -357,12 +357,13 @@ class _LineWriter:
         self._lock = threading.Lock()
         # A deque: the loop's own thread appends to it without the lock (see write), and a drain takes lines
         # from its left one at a time, so a line appended meanwhile is either taken or left for the next one.
-        self._pending: collections.deque[str] = collections.deque()
+        # A line is a string, or one that emit_text took, put together when it is written.
+        self._pending: collections.deque[str | _TextLine] = collections.deque()
         # The loop a flush is scheduled on, if any (one per turn), and the thread that was running it.
         self._flush_on: asyncio.AbstractEventLoop | None = None
         self._flush_thread = 0
 
-    def write(self, line: str) -> None:
+    def write(self, line: str | _TextLine) -> None:
         if self.buffered:
             # After a turn's first line, the others need not look up the running loop (asyncio's lookup costs a
             # getpid() system call on every line, Python 3.11) nor take the lock: the thread that scheduled the
@@ -392,7 +393,10 @@ class _LineWriter:
         if not pending:
             return
         take = pending.popleft
-        lines = [take() for _ in range(len(pending))]
+        lines = []
+        for _ in range(len(pending)):
+            line = take()
+            lines.append(line if isinstance(line, str) else line[0].render(line))
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
@@ -463,50 +467,16 @@ class _NamedLineLogger:
             line = unrenderable_line(self.name, level, exc)
         self._writer.write(line)
 
-    def emit_text(self, level: str, event: str, members: str, values: tuple[Any, ...], names: frozenset[str]) -> bool:
-        """``emit`` for fields the caller has put together as text: ``members % values`` are JSON object members
-        in order (``"status":%d,...``, a literal "%" doubled), vouched for: its own code's words and numbers, no
-        client text, nothing named like a secret; ``names`` are their fields' names. The line is written as
-        text, in one "%" formatting of a template made once, without a dictionary, a serialiser or the
-        redaction's scan, when the request context bound now holds plain identifiers (``_PLAIN_IDENTIFIER``)
-        only, under plain names that ``names`` does not hold. False, and nothing written, otherwise (and in
-        the rare whole second, which has no fraction): the caller then ``emit``s, and the renderer sees the line.
+    def emit_text(self, level: str, event: str, text: LineText, values: tuple[Any, ...]) -> None:
+        """``emit`` for a line whose fields the caller has put together as text (``text``), ``values`` filling
+        it: the same line, and it never raises. Only what will have changed by the time the line is written is
+        read now, the request context and the time; the line itself is put together with the other lines of
+        the loop's turn, when the writer writes them (``render``).
         """
         context = _context
         if context.made != len(_STRUCTLOG_VARS):
             context = _current_context()
-        bound = tuple(map(_get_value, context.variables))
-        try:
-            joined = _SEPARATOR.join(bound)  # every field bound, to a string (the authenticated request)
-            layout = context.all_bound
-        except TypeError:  # a field made but not bound (structlog's Ellipsis), or a value that is no string
-            layout = tuple([value is not Ellipsis for value in bound])
-            bound = tuple([value for value in bound if value is not Ellipsis])
-            try:
-                joined = _SEPARATOR.join(bound)
-            except TypeError:
-                return False
-        if self._templates_of is not context:  # made for other fields
-            self._templates, self._templates_of = {}, context
-        key = (members, level, event, layout)
-        template = self._templates.get(key)
-        if template is None:
-            template = self._template(key, context, names)
-        if not template:
-            return False
-        # One check of every value at once: bytes of plain identifiers' characters only, and as many separators
-        # as the values need (a value holding one makes one too many); else the exact check ("unknown").
-        count = len(bound)
-        unchecked = joined.encode("ascii", "replace").translate(None, _PLAIN_BYTES)
-        if (unchecked or joined.count(_SEPARATOR) != count - 1) and count and not _PLAIN_JOINED[count](joined):
-            return False
-        second, micro = divmod(time_ns() // 1000, 1_000_000)
-        if not micro:  # no fraction in a whole second, as datetime.isoformat writes it
-            return False
-        stamped = self._stamped
-        if stamped[0] != second:
-            stamped = self._stamped = (second, _second_text(second))
-        line = template % (*values, *bound, stamped[1], micro)
+        line = (self, level, event, text, values, context, tuple(map(_get_value, context.variables)), time_ns())
         # The writer's common case, as _LineWriter.write has it: a turn's flush is scheduled on this loop.
         writer = self._writer
         flush_on = writer._flush_on
@@ -514,11 +484,62 @@ class _NamedLineLogger:
             writer._pending.append(line)
         else:
             writer.write(line)
-        return True
+
+    def render(self, line: _TextLine) -> str:
+        """An ``emit_text`` line as it is written; never raises.
+
+        As text, in one "%" formatting of a template made once, without a dictionary, a serialiser or the
+        redaction's scan, when the request context bound then held plain identifiers (``_PLAIN_IDENTIFIER``)
+        only, under plain names that the line's own fields do not have; otherwise (and in the rare whole
+        second, which has no fraction) as ``emit`` writes it, through the renderer.
+        """
+        _, level, event, text, values, context, bound, ns = line
+        try:
+            try:
+                joined = _SEPARATOR.join(bound)  # every field bound, to a string (the authenticated request)
+                layout = context.all_bound
+            except TypeError:  # a field made but not bound (structlog's Ellipsis), or a value that is no string
+                layout = tuple([value is not Ellipsis for value in bound])
+                bound = tuple([value for value in bound if value is not Ellipsis])
+                joined = _SEPARATOR.join(bound)
+            if self._templates_of is not context:  # made for other fields
+                self._templates, self._templates_of = {}, context
+            key = (text.members, level, event, layout)
+            template = self._templates.get(key)
+            if template is None:
+                template = self._template(key, context, text.names())
+            second, micro = divmod(ns // 1000, 1_000_000)
+            # One check of every value at once: bytes of plain identifiers' characters only, and as many
+            # separators as the values need (a value holding one makes one too many); else the exact check.
+            count = len(bound)
+            unchecked = joined.encode("ascii", "replace").translate(None, _PLAIN_BYTES)
+            fast = not unchecked and joined.count(_SEPARATOR) == count - 1
+            plain = not count or fast or _PLAIN_JOINED[count](joined)
+            if template and plain and micro:
+                stamped = self._stamped
+                if stamped[0] != second:
+                    stamped = self._stamped = (second, _second_text(second))
+                return template % (*values, *bound, stamped[1], micro)
+        except TypeError:  # a context value that is no string
+            pass
+        try:
+            fields = dict(text.fixed)
+            fields.update(zip(text.variable, values, strict=True))
+            fields["event"] = event
+            for name, value in zip(context.names, line[6], strict=True):
+                if value is not Ellipsis:
+                    fields.setdefault(name, value)  # as _merge_request_context
+            fields["level"] = level
+            fields["timestamp"] = _Timestamper.text(ns)
+            fields["logger"] = self.name
+            rendered = self.chain.renderer(self, level, fields)
+            return rendered if isinstance(rendered, str) else str(rendered)
+        except Exception as exc:
+            return unrenderable_line(self.name, level, exc)
 
     def _template(self, key: _TemplateKey, context: _Context, names: frozenset[str]) -> str:
-        """The whole line's "%" template for ``emit_text`` (remembered), or "" where the text path cannot vouch
-        for the context's names: one like a secret's, one not plain, or one the fields hold."""
+        """The whole line's "%" template for ``render`` (remembered), or "" where the text path cannot vouch
+        for the context's names: one like a secret's, one not plain, or one the fields (``names``) hold."""
         if len(self._templates) >= _MAX_TEMPLATES:
             self._templates.clear()
         members, level, event, layout = key
@@ -625,6 +646,26 @@ _TemplateKey = tuple[str, str, str, tuple[bool, ...]]
 _MAX_TEMPLATES = 256
 
 
+class LineText(NamedTuple):
+    """What every line of one kind has in common, for ``emit_text``: ``members``, its fields as JSON object
+    members in order, a "%" template that the values fill (a literal "%" doubled), vouched for by the
+    caller: its own code's words and numbers, no client text, nothing named like a secret; ``fixed``, the
+    fields the template holds as they are (first in the line); ``variable``, the names of the values' fields,
+    in order, after them. The renderer's path, where the line takes it, gets ``fixed`` and the values."""
+
+    members: str
+    fixed: tuple[tuple[str, Any], ...]
+    variable: tuple[str, ...]
+
+    def names(self) -> frozenset[str]:
+        return frozenset([name for name, _ in self.fixed] + list(self.variable))
+
+
+# A line emit_text has taken, until it is written: the logger, level, event, text and values, the request
+# context's variables and their values then, and the time (ns since the epoch).
+_TextLine = tuple["_NamedLineLogger", str, str, LineText, tuple[Any, ...], "_Context", tuple[Any, ...], int]
+
+
 @functools.lru_cache(maxsize=256)
 def _json_text(text: str) -> str:
     """A string of the code's (an event, a level, a logger's name) as JSON."""
@@ -646,6 +687,12 @@ class _Timestamper:
         # As datetime.isoformat: no fraction in a whole second.
         # Six digits with leading zeros, without a format spec's parsing (about twice the cost).
         return f"{cached[1]}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{cached[1]}Z"
+
+    @staticmethod
+    def text(ns: int) -> str:
+        """The timestamp of ``ns`` nanoseconds since the epoch, as ``now`` writes it."""
+        second, micro = divmod(ns // 1000, 1_000_000)
+        return f"{_second_text(second)}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{_second_text(second)}Z"
 
     def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
         event_dict["timestamp"] = self.now()

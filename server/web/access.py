@@ -33,12 +33,13 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_urldispatcher import AbstractRoute
 from multidict import istr
 
-from server.logs import LineLoggerMemo
+from server.logs import LineLoggerMemo, LineText
 from server.metrics import Metrics, RequestSeries
 from server.web.keys import CONTEXT, METRICS
 
 EVENT = "http.request"
-FIELD_NAMES = frozenset({"method", "route", "status", "duration_ms", "bytes"})
+# The fields that vary from one answer of a kind to the next, after its method, route and status.
+VARIABLE_FIELDS = ("duration_ms", "bytes")
 # Probes and scrapes arrive every few seconds.
 QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 # Methods are a label of the request metrics; any other is counted as "other", so that made-up methods
@@ -46,10 +47,6 @@ QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Below it (in whole microseconds), repr() writes a duration in ms as JSON does (above, with an exponent).
 LARGEST_PLAIN_MICROSECONDS = 10**18
-# Durations as written, by whole microseconds: most requests take one of a few thousand (repr() of a float
-# costs four times a look-up here).
-_DURATIONS: dict[int, str] = {}
-MAX_DURATIONS = 10_000
 # What a connection remembers of each (route, method, status) it answered, at most.
 MAX_KINDS = 64
 _CONTENT_LENGTH = istr("Content-Length")
@@ -64,10 +61,10 @@ class _Kind(NamedTuple):
     quiet: bool
     levelno: int
     level: str
-    # The line's members as a "%" template of the duration's text and the size, for the logging's text path
-    # (``"method":"GET","route":"/user","status":200,"duration_ms":%s,"bytes":%d``), for a known method: None
-    # for a method the client made up, which takes the renderer's path.
-    members: str | None
+    # The line's fields as text for the logging's text path (``"method":"GET","route":"/user","status":200,
+    # "duration_ms":%s,"bytes":%d``), for a known method: None for a method the client made up, which takes
+    # the renderer's path.
+    text: LineText | None
 
 
 class AccessLog(AbstractAccessLogger):
@@ -111,15 +108,10 @@ class AccessLog(AbstractAccessLogger):
         microseconds = round(time * 1_000_000)
         direct = self._direct.get()
         # The same line without structlog's per-call work; put together as text from this code's own words and
-        # numbers, but for a method the client made up (or a context the text path cannot vouch for).
-        if direct is not None and kind.members is not None and 0 <= microseconds < LARGEST_PLAIN_MICROSECONDS:
-            duration = _DURATIONS.get(microseconds)
-            if duration is None:
-                if len(_DURATIONS) >= MAX_DURATIONS:
-                    _DURATIONS.clear()
-                duration = _DURATIONS[microseconds] = repr(microseconds / 1000)
-            if direct.emit_text(kind.level, EVENT, kind.members, (duration, size), FIELD_NAMES):
-                return
+        # numbers, but for a method the client made up.
+        if direct is not None and kind.text is not None and 0 <= microseconds < LARGEST_PLAIN_MICROSECONDS:
+            direct.emit_text(kind.level, EVENT, kind.text, (microseconds / 1000, size))
+            return
         fields = {"method": method, "route": kind.route, "status": status, "duration_ms": microseconds / 1000}
         fields["bytes"] = size
         if direct is None:  # structlog's chain is not configure_logging's (a test's capture_logs)
@@ -141,12 +133,13 @@ class AccessLog(AbstractAccessLogger):
             series = metrics.requests(route or "unmatched", method if known else "other", status)
         # A probe or a scrape is quiet; a wrong method on their paths is not one.
         quiet = route in QUIET_ROUTES and status != HTTPMethodNotAllowed.status_code
-        members = None
+        text = None
         if known:
             head = f'"method":{orjson.dumps(method).decode()},"route":{orjson.dumps(route).decode()},"status":{status},'
-            members = head.replace("%", "%%") + '"duration_ms":%s,"bytes":%d'
+            fixed = (("method", method), ("route", route), ("status", status))
+            text = LineText(head.replace("%", "%%") + '"duration_ms":%s,"bytes":%d', fixed, VARIABLE_FIELDS)
         level = "debug" if quiet else "info"
-        kind = _Kind(route, series, quiet, logging.DEBUG if quiet else logging.INFO, level, members)
+        kind = _Kind(route, series, quiet, logging.DEBUG if quiet else logging.INFO, level, text)
         # Not a 404's or 405's route, made for that one request (nor a request the parser refused).
         if matched is not None and matched.resource is not None:
             if len(self._kinds) >= MAX_KINDS:
