@@ -440,7 +440,7 @@ class _NamedLineLogger:
         self.name = name
         self._name_json = _json_text(name)
         self.chain = chain
-        # emit_text's templates, by members, level, event and which context fields are bound; made for the
+        # render's templates, by members, level, event and which context fields are bound; made for the
         # request context's fields as _templates_of has them.
         self._templates: dict[_TemplateKey, str] = {}
         self._templates_of: _Context | None = None
@@ -520,8 +520,8 @@ class _NamedLineLogger:
                 if stamped[0] != second:
                     stamped = self._stamped = (second, _second_text(second))
                 return template % (*values, *bound, stamped[1], micro)
-        except TypeError:  # a context value that is no string
-            pass
+        except Exception:  # a context value that is no string, or a value the template cannot take
+            template = ""  # the renderer's path
         try:
             fields = dict(text.fixed)
             fields.update(zip(text.variable, values, strict=True))
@@ -641,7 +641,7 @@ class _PlainJoined(dict[int, Callable[[str], Any]]):
 _PLAIN_JOINED = _PlainJoined()
 # The characters of plain identifiers but "unknown", and the separator, as bytes.translate deletes them.
 _PLAIN_BYTES = b"0123456789ABCDEFabcdef.:" + _SEPARATOR.encode()
-# What emit_text remembers a line's template by: its members, level, event and which context fields are bound.
+# What render remembers a line's template by: its members, level, event and which context fields are bound.
 _TemplateKey = tuple[str, str, str, tuple[bool, ...]]
 _MAX_TEMPLATES = 256
 

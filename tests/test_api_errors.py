@@ -293,7 +293,9 @@ def test_only_an_application_with_one_middleware_and_no_sub_application_is_route
 
 async def test_the_router_s_answer_is_remembered_for_routes_without_variables_only() -> None:
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=f"{request.match_info.route.resource.canonical} {dict(request.match_info)}")
+        resource = request.match_info.route.resource
+        assert resource is not None
+        return web.Response(text=f"{resource.canonical} {dict(request.match_info)}")
 
     app = web.Application(middlewares=[request_middleware(())])
     app.router.add_get("/", handler)
