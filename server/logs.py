@@ -493,7 +493,8 @@ class _NamedLineLogger:
         only, under plain names that the line's own fields do not have; otherwise (and in the rare whole
         second, which has no fraction) as ``emit`` writes it, through the renderer.
         """
-        _, level, event, text, values, context, bound, ns = line
+        _, level, event, text, values, context, captured, ns = line
+        bound = captured
         try:
             try:
                 joined = _SEPARATOR.join(bound)  # every field bound, to a string (the authenticated request)
@@ -526,7 +527,7 @@ class _NamedLineLogger:
             fields = dict(text.fixed)
             fields.update(zip(text.variable, values, strict=True))
             fields["event"] = event
-            for name, value in zip(context.names, line[6], strict=True):
+            for name, value in zip(context.names, captured, strict=True):
                 if value is not Ellipsis:
                     fields.setdefault(name, value)  # as _merge_request_context
             fields["level"] = level
@@ -684,19 +685,23 @@ class _Timestamper:
         cached = self._second  # one read: another thread may replace it meanwhile
         if cached[0] != second:
             cached = self._second = (second, _second_text(second))
-        # As datetime.isoformat: no fraction in a whole second.
-        # Six digits with leading zeros, without a format spec's parsing (about twice the cost).
-        return f"{cached[1]}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{cached[1]}Z"
+        return _timestamp(cached[1], micro)
 
     @staticmethod
     def text(ns: int) -> str:
         """The timestamp of ``ns`` nanoseconds since the epoch, as ``now`` writes it."""
         second, micro = divmod(ns // 1000, 1_000_000)
-        return f"{_second_text(second)}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{_second_text(second)}Z"
+        return _timestamp(_second_text(second), micro)
 
     def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
         event_dict["timestamp"] = self.now()
         return event_dict
+
+
+def _timestamp(date_and_time: str, micro: int) -> str:
+    # As datetime.isoformat: no fraction in a whole second. Six digits with leading zeros, without a format
+    # spec's parsing (about twice the cost).
+    return f"{date_and_time}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{date_and_time}Z"
 
 
 def _second_text(second: int) -> str:
