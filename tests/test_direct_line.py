@@ -11,6 +11,7 @@ import contextvars
 import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -194,4 +195,40 @@ def test_values_json_cannot_carry_are_made_safe_as_on_the_chain() -> None:
         "http.request",
         {"1j": "<unprintable Broken>"},
         str(2**70),
+    )
+
+
+@pytest.mark.parametrize(
+    ("ns", "timestamp"),
+    [
+        (1_796_000_000 * 10**9, "2026-11-30T00:53:20Z"),  # a whole second: no fraction, as isoformat writes it
+        (1_796_000_000 * 10**9 + 1_000, "2026-11-30T00:53:20.000001Z"),
+        (1_796_000_000 * 10**9 + 999_999_999, "2026-11-30T00:53:20.999999Z"),
+    ],
+)
+def test_the_text_path_s_timestamp_is_the_chain_s(monkeypatch: pytest.MonkeyPatch, ns: int, timestamp: str) -> None:
+    seconds = datetime.fromtimestamp(ns // 10**9, UTC).isoformat().replace("+00:00", "")
+    assert timestamp.startswith(seconds)
+    monkeypatch.setattr(logs, "time_ns", lambda: ns)  # the time emit_text takes
+    rendered: list[str] = []
+    chain, direct = both_lines("de0fc050", members=MEMBERS, rendered=rendered)
+    assert json.loads(direct)["timestamp"] == timestamp
+    assert without_timestamp(direct) == without_timestamp(chain)
+    assert bool(rendered) is (ns % 10**9 == 0)  # a whole second takes the renderer's path
+
+
+def test_values_the_template_cannot_take_are_written_by_the_renderer() -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    direct = line_logger_of(structlog.get_logger("mixauth.access"))
+    assert direct is not None
+    text = LineText('"route":"/user","duration_ms":%s,"bytes":%d', (("route", "/user"),), ("duration_ms", "bytes"))
+    contextvars.copy_context().run(direct.emit_text, "info", "http.request", text, (0.25, "many"))
+    (line,) = stream.getvalue().splitlines()
+    written = json.loads(line)
+    assert (written["route"], written["duration_ms"], written["bytes"], written["event"]) == (
+        "/user",
+        0.25,
+        "many",
+        "http.request",
     )
