@@ -92,16 +92,16 @@ def log_guard(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterato
     """Log everything at debug level, record every line written (whichever stream a test points logging at,
     and whichever path rendered it), and fail the test if any line holds a secret."""
     written: list[str] = []
-    original_write = server.logs._LineWriter._write_pending
+    write_pending = server.logs._LineWriter._write_pending
 
-    def recording_write(self: server.logs._LineWriter) -> None:
+    def recording_write_pending(self: server.logs._LineWriter) -> None:
         # A line the access log's text path took is put together as it is written: as it will be, here.
         written.extend(line if isinstance(line, str) else line[0].render(line) for line in self._pending)
-        original_write(self)
+        write_pending(self)
 
     # Every line, structlog's own, the stdlib's and the direct paths', reaches a stream through a line writer,
     # in the order it holds them.
-    monkeypatch.setattr(server.logs._LineWriter, "_write_pending", recording_write)
+    monkeypatch.setattr(server.logs._LineWriter, "_write_pending", recording_write_pending)
     configure_logging("debug", stream=io.StringIO())  # restore_logging puts the run's configuration back
     yield written
     leaks = secrets_in("\n".join(written))
