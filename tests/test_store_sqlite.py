@@ -6,6 +6,7 @@ The UserStore contract it shares with every backend is in test_store_contract.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sqlite3 as sqlite3_driver
@@ -50,9 +51,9 @@ async def test_reopening_does_not_rerun_migrations(tmp_path: Path) -> None:
 
 
 async def test_migrate_reports_the_newest_version(tmp_path: Path) -> None:
-    async with aiosqlite.connect(tmp_path / DATABASE_FILE, isolation_level=None) as connection:
-        assert await sqlite.migrate(connection) == len(MIGRATIONS)
-        assert await sqlite.migrate(connection) == len(MIGRATIONS)
+    with contextlib.closing(sqlite3_driver.connect(tmp_path / DATABASE_FILE, isolation_level=None)) as connection:
+        assert sqlite.migrate(connection) == len(MIGRATIONS)
+        assert sqlite.migrate(connection) == len(MIGRATIONS)
     assert await read_versions(tmp_path / DATABASE_FILE) == ALL_VERSIONS
 
 
@@ -169,8 +170,9 @@ async def test_users_stored_before_the_user_api_get_created_vendor_and_version_d
     path = tmp_path / DATABASE_FILE
     with monkeypatch.context() as patched:
         patched.setattr(sqlite, "MIGRATIONS", MIGRATIONS[:SCHEMA_BEFORE_THE_USER_API])
+        with contextlib.closing(sqlite3_driver.connect(path, isolation_level=None)) as migrating:
+            assert sqlite.migrate(migrating) == SCHEMA_BEFORE_THE_USER_API
         async with aiosqlite.connect(path, isolation_level=None) as connection:
-            assert await sqlite.migrate(connection) == SCHEMA_BEFORE_THE_USER_API
             insert = (
                 "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan,"
                 " is_active, metadata) VALUES (?, ?, ?, ?, ?, 'h', ?, 'free', ?, ?)"
@@ -223,27 +225,27 @@ async def test_the_common_orders_read_an_index_without_sorting(tmp_path: Path, q
     assert not any("TEMP B-TREE" in step for step in plan), plan
 
 
-async def make_version_2_database(path: Path, users: list[tuple[str, str, str, str]]) -> None:
+def make_version_2_database(path: Path, users: list[tuple[str, str, str, str]]) -> None:
     """A database as schema 2 left it, with ``(id, username, email, email_key)`` rows created in that order."""
-    async with aiosqlite.connect(path, isolation_level=None) as connection:
-        await connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT")
+    with contextlib.closing(sqlite3_driver.connect(path, isolation_level=None)) as connection:
+        connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT")
         first, second = MIGRATIONS[:2]
         assert isinstance(first, str)
         assert not isinstance(second, str)
-        await connection.executescript(first)
-        await second(connection)
-        await connection.executemany("INSERT INTO schema_version (version) VALUES (?)", [(1,), (2,)])
+        connection.executescript(first)
+        second(connection)
+        connection.executemany("INSERT INTO schema_version (version) VALUES (?)", [(1,), (2,)])
         insert = (
             "INSERT INTO users (id, username, username_key, email, email_key, password_hash, scope, plan, created_at)"
             " VALUES (?, ?, ?, ?, ?, 'h', '[\"user\"]', 'free', ?)"
         )
         for created_at, (user_id, username, email, key) in enumerate(users):
-            await connection.execute(insert, (user_id, username, identifier_key(username), email, key, created_at))
+            connection.execute(insert, (user_id, username, identifier_key(username), email, key, created_at))
 
 
 async def test_a_version_2_database_gets_idna_email_keys_and_username_skeletons(tmp_path: Path) -> None:
     ids = [new_user_id() for _ in range(6)]
-    await make_version_2_database(
+    make_version_2_database(
         tmp_path / DATABASE_FILE,
         [
             # Schema 2 keyed whole emails with identifier_key: Unicode domains as given, ß folded to ss.

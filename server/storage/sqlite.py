@@ -4,6 +4,8 @@ Two connections: one writer and one reader. Both run in autocommit mode, so ever
 statement and therefore its own transaction: a failed insert (say, a taken username) rolls back only itself
 and can never undo another request's write, as an explicit ROLLBACK on a shared connection would. The reader
 sees every committed write (WAL) without queueing behind the writer's fsyncs.
+Before they open, the schema is migrated on a connection of its own, in one call to a worker thread
+(not a trip to a connection's thread per statement: a first start creates the whole schema).
 
 Operations that must decide and write at once are one statement each, so SQLite's single writer makes them
 atomic without a lock in Python: an update returns the row it wrote (RETURNING); a reset code is consumed by
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -58,26 +60,25 @@ DATABASE_FILE = "mixauth.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 
 
-async def _rekey_identifiers(connection: aiosqlite.Connection) -> None:
+def _rekey_identifiers(connection: sqlite3.Connection) -> None:
     """Recompute every username and email key after ``identifier_key`` began normalising before trimming.
 
     Only names with rare characters change. A new key that another user already holds is left as it was
     (UPDATE OR IGNORE) rather than stopping start-up; that user still signs in by the old spelling.
     """
-    async with connection.execute("SELECT id, username, email, username_key, email_key FROM users") as cursor:
-        rows = await cursor.fetchall()
+    rows = connection.execute("SELECT id, username, email, username_key, email_key FROM users").fetchall()
     for user_id, username, email, old_username_key, old_email_key in rows:
         if identifier_key(username) != old_username_key:
-            await connection.execute(
+            connection.execute(
                 "UPDATE OR IGNORE users SET username_key = ? WHERE id = ?", (identifier_key(username), user_id)
             )
         if identifier_key(email) != old_email_key:
-            await connection.execute(
+            connection.execute(
                 "UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (identifier_key(email), user_id)
             )
 
 
-async def _rekey_email_domains(connection: aiosqlite.Connection) -> None:
+def _rekey_email_domains(connection: sqlite3.Connection) -> None:
     """Recompute every email key after ``email_key`` began keying domains by their IDNA (A-label) form.
 
     Only addresses whose domain is not plain ASCII change (and those where case folding changed the domain,
@@ -85,51 +86,47 @@ async def _rekey_email_domains(connection: aiosqlite.Connection) -> None:
     this), the key is left as it was (UPDATE OR IGNORE) rather than stopping start-up: sign-in by that email,
     in any spelling, then finds the other account, and this one signs in by its username.
     """
-    async with connection.execute("SELECT id, email, email_key FROM users ORDER BY created_at, id") as cursor:
-        rows = await cursor.fetchall()
+    rows = connection.execute("SELECT id, email, email_key FROM users ORDER BY created_at, id").fetchall()
     for user_id, email, old_key in rows:
         new_key = email_key(email, strict=False)
         if new_key != old_key:
-            await connection.execute("UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (new_key, user_id))
+            connection.execute("UPDATE OR IGNORE users SET email_key = ? WHERE id = ?", (new_key, user_id))
 
 
-async def _add_username_skeletons(connection: aiosqlite.Connection) -> None:
+def _add_username_skeletons(connection: sqlite3.Connection) -> None:
     """A UNIQUE confusable skeleton per username, filled for the users there are (see the next function)."""
-    await connection.execute("ALTER TABLE users ADD COLUMN username_skeleton TEXT")
-    await connection.execute("CREATE UNIQUE INDEX users_username_skeleton ON users (username_skeleton)")
-    await connection.execute("CREATE TABLE username_skeleton_data (version TEXT NOT NULL) STRICT")
-    await connection.execute("INSERT INTO username_skeleton_data (version) VALUES ('')")
-    await _refresh_username_skeletons(connection)
+    connection.execute("ALTER TABLE users ADD COLUMN username_skeleton TEXT")
+    connection.execute("CREATE UNIQUE INDEX users_username_skeleton ON users (username_skeleton)")
+    connection.execute("CREATE TABLE username_skeleton_data (version TEXT NOT NULL) STRICT")
+    connection.execute("INSERT INTO username_skeleton_data (version) VALUES ('')")
+    _refresh_username_skeletons(connection)
 
 
-async def _refresh_username_skeletons(connection: aiosqlite.Connection) -> None:
+def _refresh_username_skeletons(connection: sqlite3.Connection) -> None:
     """Recompute every username's skeleton when the confusables data differs from the one they were made with.
 
     Users are taken in the order they were created, so when two existing usernames look alike the earlier
     keeps its skeleton and the later gets none (NULL, which the UNIQUE index lets repeat): both keep their
     accounts, and a new look-alike of the two is still refused, through the earlier one's equal skeleton.
     """
-    async with connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'username_skeleton_data'") as cursor:
-        if await cursor.fetchone() is None:  # a schema from before the skeletons (a migration test's)
-            return
-    async with connection.execute("SELECT version FROM username_skeleton_data") as cursor:
-        row = await cursor.fetchone()
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'username_skeleton_data'").fetchone() is None:
+        return  # a schema from before the skeletons (a migration test's)
+    row = connection.execute("SELECT version FROM username_skeleton_data").fetchone()
     note = str(row[0]) if row is not None else ""
     if skeletons.noted_module_is_current(note):
         return
-    async with connection.execute("SELECT id, username FROM users ORDER BY created_at, id") as cursor:
-        rows = await cursor.fetchall()
+    rows = connection.execute("SELECT id, username FROM users ORDER BY created_at, id").fetchall()
     new_note = skeletons.current_note(has_users=bool(rows))
     if rows and skeletons.noted_version(note) != skeletons.noted_version(new_note):
-        await connection.execute("UPDATE users SET username_skeleton = NULL")
+        connection.execute("UPDATE users SET username_skeleton = NULL")
         for user_id, username in rows:
-            await connection.execute(
+            connection.execute(
                 "UPDATE OR IGNORE users SET username_skeleton = ? WHERE id = ?", (username_skeleton(username), user_id)
             )
-    await connection.execute("UPDATE username_skeleton_data SET version = ?", (new_note,))
+    connection.execute("UPDATE username_skeleton_data SET version = ?", (new_note,))
 
 
-Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+Migration = str | Callable[[sqlite3.Connection], None]
 
 # The user API's storage: creation time in milliseconds (users stored before it get their id's second),
 # vendor, the revocation state (see User.token_version), reset codes (one a user, gone with the user: the
@@ -519,26 +516,33 @@ def _translate_integrity_error(exc: sqlite3.IntegrityError) -> Exception:
     return exc
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+_CONNECTION_SETTINGS = f"""
+    PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = FULL;
+    PRAGMA foreign_keys = ON;
+"""
+
+
+async def _connect(path: Path, settings: str = _CONNECTION_SETTINGS) -> aiosqlite.Connection:
     connection = await aiosqlite.connect(path, isolation_level=None)
     try:
-        await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await connection.execute("PRAGMA journal_mode = WAL")
-        await connection.execute("PRAGMA synchronous = FULL")
-        await connection.execute("PRAGMA foreign_keys = ON")
+        await connection.executescript(settings)  # one trip to the connection's thread
     except BaseException:
         await connection.close()
         raise
     return connection
 
 
-async def migrate(connection: aiosqlite.Connection) -> int:
-    """Bring the schema to the newest version; return that version. Safe to run from several processes."""
-    await connection.execute("BEGIN IMMEDIATE")
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; return that version. Safe to run from several processes.
+
+    Blocking: ``open_store`` runs it, on a connection of its own, in one call to a worker thread.
+    """
+    connection.execute("BEGIN IMMEDIATE")
     try:
-        await connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
-        async with connection.execute("SELECT max(version) FROM schema_version") as cursor:
-            row = await cursor.fetchone()
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
         current = int(row[0]) if row and row[0] is not None else 0
         if current > len(MIGRATIONS):
             raise StorageError(
@@ -549,16 +553,29 @@ async def migrate(connection: aiosqlite.Connection) -> int:
             if isinstance(migration, str):
                 for statement in migration.split(";"):
                     if statement.strip():
-                        await connection.execute(statement)
+                        connection.execute(statement)
             else:
-                await migration(connection)
-            await connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
-        await _refresh_username_skeletons(connection)
-        await connection.execute("COMMIT")
+                migration(connection)
+            connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+        _refresh_username_skeletons(connection)
+        connection.execute("COMMIT")
     except BaseException:
-        await connection.execute("ROLLBACK")
+        connection.execute("ROLLBACK")
         raise
     return len(MIGRATIONS)
+
+
+def _prepare(data_dir: Path, path: Path) -> None:
+    """What opening the store does before its connections: the data directory, the database file (owner
+    only), and the schema migrated; blocking, in one call to a worker thread rather than a trip per statement."""
+    prepare_data_dir(data_dir)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.executescript(_CONNECTION_SETTINGS)
+        _owner_only(path)
+        migrate(connection)
+    finally:
+        connection.close()
 
 
 def _owner_only(path: Path) -> None:
@@ -571,17 +588,14 @@ def _owner_only(path: Path) -> None:
 @asynccontextmanager
 async def open_store(data_dir: Path) -> AsyncIterator[SqliteUserStore]:
     """Open (creating and migrating when needed) the database in ``data_dir``; close it on exit."""
-    await asyncio.to_thread(prepare_data_dir, data_dir)
     path = data_dir / DATABASE_FILE
     async with contextlib.AsyncExitStack() as stack:
         try:
+            await asyncio.to_thread(_prepare, data_dir, path)
             writer = await _connect(path)
             stack.push_async_callback(writer.close)
-            await asyncio.to_thread(_owner_only, path)
-            await migrate(writer)
-            reader = await _connect(path)
+            reader = await _connect(path, _CONNECTION_SETTINGS + "PRAGMA query_only = ON;")
             stack.push_async_callback(reader.close)
-            await reader.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the database {path}: {exc}") from None
         yield SqliteUserStore(writer, reader)
