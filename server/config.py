@@ -41,6 +41,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting of the server, from config.toml and the environment (``load_settings``)."""
+
     host: str = "127.0.0.1"
     port: int = 2200
     data_dir: Path = Path("data")
@@ -99,6 +101,8 @@ Parser = Callable[[Any], Any]
 
 @dataclass(frozen=True, slots=True)
 class Option:
+    """One setting: its key (the environment variable's name in lower case), its parser and its help."""
+
     key: str
     parse: Parser
     help: str

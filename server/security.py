@@ -219,6 +219,8 @@ def dummy_hash(rounds: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
+    """What a verified token says: whose it is, its scopes, when it was issued and when it expires."""
+
     user_id: str
     scope: tuple[str, ...]
     issued_at: int

@@ -118,6 +118,8 @@ class AuthPolicy:
 
 @dataclass(frozen=True, slots=True)
 class SignIn:
+    """A successful sign-in: the user and their new token."""
+
     user: User
     token: str
 

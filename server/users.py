@@ -93,6 +93,8 @@ class UserListing:
 
 @dataclass(frozen=True, slots=True)
 class UserPage:
+    """One page of a user listing, and how many users match in all."""
+
     users: tuple[User, ...]
     total: int
 

@@ -33,6 +33,8 @@ USER_PATH = "/users/{id:(?!count$)[^/]+}"
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One route of the API: its method, path, handler, name and access rule."""
+
     method: str
     path: str
     handler: Handler

@@ -55,6 +55,8 @@ class StartupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FileLimit:
+    """The process's limit on open files: as it is now, as it was at start, and the hard limit."""
+
     soft: int  # the soft RLIMIT_NOFILE now
     was: int  # the soft limit the process started with
     hard: int  # RLIM_INFINITY where there is no hard limit
@@ -98,6 +100,8 @@ def connection_limit(requested: int | None, open_files: int) -> int:
 
 @dataclass(slots=True)
 class _Window:
+    """One condition's window (ConditionLog): when it opened, its level, its latest fields and its count."""
+
     opened: float
     level: str
     fields: dict[str, Any]
