@@ -69,7 +69,8 @@ def request_id_of(request: BaseRequest) -> str:
 
 def http_error_response(exc: web.HTTPException) -> web.Response:
     """aiohttp's own HTTP error (404, 405, 413, 417, ...) as the contract's JSON error body."""
-    code, message = _HTTP_ERRORS.get(exc.status, (_snake(exc.reason), f"{exc.reason}."))
+    known = _HTTP_ERRORS.get(exc.status)
+    code, message = known if known is not None else (_snake(exc.reason), f"{exc.reason}.")
     headers = {name: exc.headers[name] for name in _PASSED_ON_HEADERS if name in exc.headers}
     return error_response(exc.status, code, message, headers)
 
