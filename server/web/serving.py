@@ -236,6 +236,20 @@ async def accept_forever(listener: socket.socket, gate: ConnectionGate, conditio
     """
     loop = asyncio.get_running_loop()
     handing_over: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def admit(connection: socket.socket) -> None:
+        # Before the next accept(): a connection past the cap never holds its descriptor beside another.
+        if gate.full:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            connection.close()
+            conditions.note("connections.refused", max_connections=gate.limit)
+            return
+        connection.setblocking(False)
+        gate.connecting += 1
+        task = loop.create_task(_hand_over(loop, gate, connection))
+        handing_over.add(task)
+        task.add_done_callback(handing_over.discard)
+
     while True:
         try:
             connection, _ = await loop.sock_accept(listener)
@@ -245,8 +259,8 @@ async def accept_forever(listener: socket.socket, gate: ConnectionGate, conditio
             conditions.note("connections.accept_failed", exc.strerror or "", error=exc.strerror or str(exc))
             await asyncio.sleep(ACCEPT_RETRY_S)
             continue
-        accepted = [connection]
-        while len(accepted) < BACKLOG:
+        admit(connection)
+        for _ in range(BACKLOG - 1):
             try:
                 connection, _ = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -254,18 +268,7 @@ async def accept_forever(listener: socket.socket, gate: ConnectionGate, conditio
             except OSError as exc:  # out of descriptors, say: the next sock_accept finds out and pauses
                 conditions.note("connections.accept_failed", exc.strerror or "", error=exc.strerror or str(exc))
                 break
-            accepted.append(connection)
-        for connection in accepted:
-            if gate.full:
-                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-                connection.close()
-                conditions.note("connections.refused", max_connections=gate.limit)
-                continue
-            connection.setblocking(False)
-            gate.connecting += 1
-            task = loop.create_task(_hand_over(loop, gate, connection))
-            handing_over.add(task)
-            task.add_done_callback(handing_over.discard)
+            admit(connection)
 
 
 async def _hand_over(loop: asyncio.AbstractEventLoop, gate: ConnectionGate, connection: socket.socket) -> None:
