@@ -38,7 +38,7 @@ class StoreMissing(Exception):
     """An admin command that needs existing users found no SQLite database where the settings point."""
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class Backends:
     """What a serving instance runs on, open for as long as the server runs."""
 

@@ -99,7 +99,7 @@ class Settings:
 Parser = Callable[[Any], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class Option:
     """One setting: its key (the environment variable's name in lower case), its parser and its help."""
 

@@ -666,7 +666,7 @@ class PasswordResetIpRateLimited(RateLimited):
     default_message = "Too many password reset attempts from your IP address. Please try again later."
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class ResetCodeMessage:
     """A reset code on its way to its user: what the forgot-password webhook carries.
 

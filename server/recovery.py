@@ -54,14 +54,14 @@ CODE_MAX_CHARS = 256
 WallClock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class ForgotPassword:
     """POST /user/forgot-password's body: the address to send a reset code to (as sent, checked for size)."""
 
     email: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class PasswordReset:
     """POST /user/forgot-password/reset's body: the code a user was sent and their new password."""
 
@@ -69,7 +69,7 @@ class PasswordReset:
     password: str = field(repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class RecoveryPolicy:
     """The tunable rules of recovery, taken from Settings by the app factory."""
 

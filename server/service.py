@@ -98,7 +98,7 @@ ADMIN_SCOPE = "admin"
 DEFAULT_SCOPE: tuple[str, ...] = ("user",)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class AuthPolicy:
     """The tunable rules the service enforces, taken from Settings by the app factory."""
 
@@ -116,7 +116,7 @@ class AuthPolicy:
         return self.create_scopes | {ADMIN_SCOPE}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class SignIn:
     """A successful sign-in: the user and their new token."""
 
@@ -124,7 +124,7 @@ class SignIn:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class PasswordChange:
     """A user's request to replace their own password (POST /user/change-password)."""
 

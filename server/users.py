@@ -61,7 +61,7 @@ _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class UserListing:
     """Which users an admin lists or counts (GET /users, GET /users/count); see ``domain.UserQuery``.
 
@@ -91,7 +91,7 @@ class UserListing:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class UserPage:
     """One page of a user listing, and how many users match in all."""
 
@@ -99,7 +99,7 @@ class UserPage:
     total: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class UserUpdate:
     """What an admin changes in one user (PUT /users/:id); a field left None stays as it is."""
 
@@ -113,7 +113,7 @@ class UserUpdate:
     plan: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class PasswordReset:
     """POST /user/reset-password: the user named by ``email`` gets ``password``."""
 
@@ -121,7 +121,7 @@ class PasswordReset:
     password: str = field(repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class UserCreation:
     """A user an operator creates (create-user): the signup rules, with the scopes given."""
 

@@ -14,7 +14,7 @@ from server.service import AuthService
 from server.users import UserAdministration
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class Requirement:
     """What a route asks of its caller: a valid token, and one of ``scopes`` when that is not empty."""
 
@@ -37,7 +37,7 @@ METRICS = web.AppKey("metrics", Metrics)
 METRICS_TOKEN = web.AppKey("metrics_token", bytes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class Readiness:
     """What GET /health/ready asks: ``probes`` must all answer (the database), ``states`` are reported
     (the rate limiter's backend, which never makes the instance unready)."""
@@ -49,7 +49,7 @@ class Readiness:
 READINESS = web.AppKey("readiness", Readiness)
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class RequestContext:
     """What the middleware learned of a request, in one object set once (each request key set costs aiohttp
     a type check through ABCMeta): when it arrived, the client's IP, and who sent it once a valid bearer token

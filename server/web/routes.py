@@ -31,7 +31,7 @@ ADMIN = Requirement(authenticated=True, scopes=frozenset({ADMIN_SCOPE}))
 USER_PATH = "/users/{id:(?!count$)[^/]+}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class Route:
     """One route of the API: its method, path, handler, name and access rule."""
 

@@ -53,7 +53,7 @@ class StartupError(Exception):
     """The server could not start (a port in use, an unusable data directory); the message is one line."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, frozen=True, slots=True)
 class FileLimit:
     """The process's limit on open files: as it is now, as it was at start, and the hard limit."""
 
@@ -98,7 +98,7 @@ def connection_limit(requested: int | None, open_files: int) -> int:
     return min(requested, allowed)
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class _Window:
     """One condition's window (ConditionLog): when it opened, its level, its latest fields and its count."""
 
@@ -108,7 +108,7 @@ class _Window:
     count: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class ConditionLog:
     """Repeating conditions, each logged when it first occurs and then at most once per ``interval``.
 
