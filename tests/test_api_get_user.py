@@ -12,7 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.security import new_user_id
-from tests.conftest import JWT_SECRET, ClientFactory, bearer, sign_up
+from server.web.bodies import JsonMemo
+from tests.conftest import JWT_SECRET, ClientFactory, bearer, create_admin, sign_up
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -36,6 +37,34 @@ async def test_get_user_returns_the_seed_shape(client: TestClient[Any, Any]) -> 
     assert list(body) == ["id", "username", "isActive", "email", "scope", "plan"]
     assert body["username"] == "tomas@client.io"
     assert body["scope"] == ["user"]
+
+
+async def test_get_user_shows_the_user_as_changed_since_the_last_answer(client: TestClient[Any, Any]) -> None:
+    token = await sign_up(client, username="nora", email="nora@example.com")
+    before = await (await client.get("/user", headers=bearer(token))).json()
+    again = await (await client.get("/user", headers=bearer(token))).json()
+    admin = bearer(await create_admin(client))
+    change = {"plan": "pro", "metadata": {"team": "blue"}, "username": "Nora B"}
+    assert (await client.put(f"/users/{before['id']}", json=change, headers=admin)).status == 200
+    after = await (await client.get("/user", headers=bearer(token))).json()
+    assert again == before
+    assert after == {**before, "plan": "pro", "username": "Nora B", "metadata": {"team": "blue"}}
+
+
+def test_the_json_memo_serialises_each_record_once_and_forgets_beyond_its_size() -> None:
+    rendered: list[dict[str, str]] = []
+
+    def render(record: dict[str, str]) -> dict[str, str]:
+        rendered.append(record)
+        return record
+
+    memo: JsonMemo[dict[str, str]] = JsonMemo(render, size=2)
+    first, second, third = {"n": "1"}, {"n": "2"}, {"n": "1"}  # the third equals the first: another record
+    bodies = [memo.response(record).body for record in (first, first, second, third, first)]
+    assert bodies == [b'{"n":"1"}', b'{"n":"1"}', b'{"n":"2"}', b'{"n":"1"}', b'{"n":"1"}']
+    # first once, second once, third (a new identity, beyond the size: all forgotten), first again
+    assert [id(record) for record in rendered] == [id(first), id(second), id(third), id(first)]
+    assert memo.response(first).content_type == "application/json"
 
 
 async def test_bearer_scheme_is_case_insensitive(client: TestClient[Any, Any]) -> None:

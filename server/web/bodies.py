@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
@@ -80,6 +80,35 @@ def _dumps(data: Mapping[str, Any] | list[Any]) -> bytes:
         return orjson.dumps(data)
     except orjson.JSONEncodeError:
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+Record = TypeVar("Record")
+
+
+class JsonMemo(Generic[Record]):
+    """JSON answers made from records (by ``render``), each body remembered by the record's identity.
+
+    For records that are replaced, never changed, when what they hold changes: a user as the store hands it
+    out (a frozen ``User``, a new one after every change). The body is serialised once per record rather than
+    on every request; at most ``size`` are remembered, and the record is held with its body, so that its
+    identity cannot pass to another object meanwhile.
+    """
+
+    __slots__ = ("_bodies", "_render", "_size")
+
+    def __init__(self, render: Callable[[Record], Mapping[str, Any]], size: int = 1024) -> None:
+        self._render = render
+        self._size = size
+        self._bodies: dict[int, tuple[Record, bytes]] = {}
+
+    def response(self, record: Record) -> web.Response:
+        """``json_response(render(record))``."""
+        remembered = self._bodies.get(id(record))
+        if remembered is None or remembered[0] is not record:
+            if len(self._bodies) >= self._size:
+                self._bodies.clear()
+            remembered = self._bodies[id(record)] = (record, _dumps(self._render(record)))
+        return web.Response(body=remembered[1], headers=_JSON_HEADERS)
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -13,7 +13,7 @@ from server.domain import AuthenticationRequired, InvalidToken, NotReady, Princi
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.service import PasswordChange
 from server.views import user_details, user_summary
-from server.web.bodies import SECURITY_HEADERS, json_response, read_json_object
+from server.web.bodies import SECURITY_HEADERS, JsonMemo, json_response, read_json_object
 from server.web.keys import CONTEXT, METRICS, METRICS_TOKEN, READINESS, SERVICE
 from server.web.openapi import OPENAPI_DOCUMENT
 
@@ -23,6 +23,8 @@ metrics_log = structlog.get_logger("mixauth.metrics")
 READINESS_TIMEOUT = 2.0
 
 NO_STORE = {"Cache-Control": "no-store"}
+# GET /user's body for each user as remembered (see JsonMemo): the same bytes on every request until it changes.
+USER_DETAILS = JsonMemo(user_details)
 
 
 async def sign_in(request: web.Request) -> web.Response:
@@ -38,7 +40,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    return json_response(user_details(principal_of(request).user))
+    return USER_DETAILS.response(principal_of(request).user)
 
 
 def principal_of(request: web.Request) -> Principal:
