@@ -23,7 +23,8 @@ metrics_log = structlog.get_logger("mixauth.metrics")
 READINESS_TIMEOUT = 2.0
 
 NO_STORE = {"Cache-Control": "no-store"}
-# GET /user's body for each user as remembered (see JsonMemo): the same bytes on every request until it changes.
+# GET /user's body for each user record (see JsonMemo): the same bytes on every request until the user changes.
+# A memo of a pure function of the record, like functools' caches, so one serves every application in the process.
 USER_DETAILS = JsonMemo(user_details)
 
 
